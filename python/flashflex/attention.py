@@ -1,0 +1,152 @@
+"""flashflex.flex_attention: torch.nn.attention.flex_attention's signature and semantics over the
+native core. Validates with torch's argument names, resolves the block mask and score mod, and
+calls the flashflex::fwd custom op (autograd and torch.compile live in _ops.py)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+
+from . import _C
+from ._ops import attention_forward
+from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
+from .block_mask import BlockMask, from_torch_cached
+from .score_mods import _NONE, SUPPORTED, ScoreMod
+
+__all__ = ["flex_attention"]
+
+_KNOWN_KERNEL_OPTIONS = ("deterministic",)
+# Read once: torch.compile cannot trace a call into the binding.
+_SUPPORTED_HEAD_DIMS = tuple(_C.supported_head_dims())
+
+
+def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod=None, block_mask=None,
+                   scale: Optional[float] = None, enable_gqa: bool = False, return_lse: bool = False,
+                   kernel_options: Optional[dict] = None):
+    """Attention of `query` [B, Hq, Q_LEN, D] over `key`/`value` [B, Hkv, KV_LEN, D] with a mask
+    (`block_mask`: flashflex.BlockMask or torch BlockMask; None = every key visible) and a score
+    modification (`score_mod`: from flashflex.score_mods). Returns out [B, Hq, Q_LEN, D], and
+    lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
+    out 0 and lse -inf. kernel_options: {"deterministic": bool} (backward summation order)."""
+    _check_tensors(query, key, value, enable_gqa)
+    mask = _resolve_block_mask(block_mask, query, key)
+    mod = _resolve_score_mod(score_mod, query, key)
+    scale = _resolve_scale(scale, query.shape[-1])
+    deterministic = _resolve_kernel_options(kernel_options)
+
+    if mask is None:
+        mask_tensors, mask_sizes = [], []
+    else:
+        mask_tensors, mask_sizes = mask._tensors(), list(mask.shape)
+    mod_tensor = mod.tensor if mod is not None else None
+    if mod_tensor is not None:
+        mod_tensor = unit_inner_stride(mod_tensor)
+    out, lse = attention_forward(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
+                                 mask_tensors, mask_sizes, scale, mod.kind if mod else _NONE,
+                                 mod.cap if mod else 0.0, mod_tensor, deterministic)
+    return (out, lse) if return_lse else out
+
+
+def _check_tensors(query, key, value, enable_gqa: bool) -> None:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected 4 dimensions [B, H, SEQ_LEN, D], got shape {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{name}: expected non-empty sizes, got shape {tuple(t.shape)}")
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name}: expected dtype {query.dtype} (as query), got {t.dtype}")
+        if t.device != query.device:
+            raise ValueError(f"{name}: expected device {query.device} (as query), got {t.device}")
+    b, hq, _, d = query.shape
+    if key.shape[0] != b or value.shape[0] != b:
+        raise ValueError(f"key/value: expected batch {b} (as query), got {key.shape[0]} and {value.shape[0]}")
+    if key.shape[-1] != d:
+        raise ValueError(f"key: expected head dim {d} (as query), got {key.shape[-1]}")
+    if value.shape[1] != key.shape[1] or value.shape[2] != key.shape[2]:
+        raise ValueError(f"value: expected heads and length {tuple(key.shape[1:3])} (as key), got "
+                         f"{tuple(value.shape[1:3])}")
+    if value.shape[-1] != d:
+        raise ValueError(f"value: expected head dim {d} (as query), got {value.shape[-1]}")
+    hkv = key.shape[1]
+    if hq != hkv and not enable_gqa:
+        raise ValueError(f"key: expected {hq} heads (as query) unless enable_gqa=True, got {hkv}")
+    if hq % hkv != 0:
+        raise ValueError(f"key: expected a number of heads dividing query's {hq} heads, got {hkv}")
+    dims = _SUPPORTED_HEAD_DIMS
+    if d not in dims:
+        raise ValueError(f"query: expected head dim in {dims}, got {d}")
+
+
+def _resolve_block_mask(block_mask, query, key) -> Optional[BlockMask]:
+    if block_mask is None:
+        return None
+    if not isinstance(block_mask, BlockMask):
+        from torch.nn.attention.flex_attention import BlockMask as TorchBlockMask
+        if not isinstance(block_mask, TorchBlockMask):
+            raise TypeError(f"block_mask: expected a flashflex.BlockMask, a torch BlockMask or None, got "
+                            f"{type(block_mask).__name__}")
+        block_mask = from_torch_cached(block_mask)
+    b, h, q_len, kv_len = block_mask.shape
+    if (q_len, kv_len) != (query.shape[2], key.shape[2]):
+        raise ValueError(f"block_mask: expected seq_lengths {(query.shape[2], key.shape[2])} (as query and key), "
+                         f"got {(q_len, kv_len)}")
+    if b not in (1, query.shape[0]):
+        raise ValueError(f"block_mask: expected batch {query.shape[0]} or 1 (as query), got {b}")
+    if h not in (1, query.shape[1]):
+        raise ValueError(f"block_mask: expected heads {query.shape[1]} or 1 (as query), got {h}")
+    if block_mask.device != query.device:
+        raise ValueError(f"block_mask: expected device {query.device} (as query), got {block_mask.device}; "
+                         f"move it with block_mask.to(device)")
+    return block_mask
+
+
+def _resolve_score_mod(score_mod, query, key) -> Optional[ScoreMod]:
+    if score_mod is None:
+        return None
+    if not isinstance(score_mod, ScoreMod):
+        raise TypeError(f"score_mod: arbitrary Python score_mod functions are not supported (flashflex compiles its "
+                        f"score mods ahead of time); expected None or one of flashflex.score_mods: "
+                        f"{', '.join(SUPPORTED)}, got {getattr(score_mod, '__name__', type(score_mod).__name__)}")
+    t = score_mod.tensor
+    if t is not None:
+        if t.device != query.device:
+            raise ValueError(f"score_mod: expected its tensor on {query.device} (as query), got {t.device}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"score_mod: expected its tensor as float32, float16 or bfloat16, got {t.dtype}")
+        b, hq, q_len, _ = query.shape
+        kv_len = key.shape[2]
+        if score_mod.name == "alibi" and tuple(t.shape) != (hq,):
+            raise ValueError(f"score_mod: expected {hq} ALiBi slopes (one per query head), got shape {tuple(t.shape)}")
+        if score_mod.name == "bias" and (t.shape[0] not in (1, b) or t.shape[1] not in (1, hq)
+                                         or tuple(t.shape[2:]) != (q_len, kv_len)):
+            raise ValueError(f"score_mod: expected a bias of shape [{b} or 1, {hq} or 1, {q_len}, {kv_len}], got "
+                             f"{tuple(t.shape)}")
+    return score_mod
+
+
+def _resolve_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
+    return float(scale)
+
+
+def _resolve_kernel_options(kernel_options) -> bool:
+    if kernel_options is None:
+        return False
+    if not isinstance(kernel_options, dict):
+        raise TypeError(f"kernel_options: expected a dict or None, got {type(kernel_options).__name__}")
+    ignored = sorted(k for k in kernel_options if k not in _KNOWN_KERNEL_OPTIONS)
+    if ignored:
+        warnings.warn(f"kernel_options: ignoring {ignored}; flashflex understands {list(_KNOWN_KERNEL_OPTIONS)}",
+                      stacklevel=3)
+    return bool(kernel_options.get("deterministic", False))
