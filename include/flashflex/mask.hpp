@@ -38,7 +38,7 @@ class Mask {
   // row q of sample b sees column c iff q < L_b - step and either c < block_len and c <= q,
   // or c = j * block_len + q for some 1 <= j <= step. Empty lengths: L_b = block_len.
   static Mask eagle3(int64_t step, int64_t block_len, std::vector<int64_t> lengths = {});
-  // Any predicate; it is called only for in-range (q, kv).
+  // Any predicate; it is called only for in-range (q, kv), with every sample and head.
   static Mask predicate(Predicate fn);
 
   friend Mask operator&(const Mask& a, const Mask& b);
@@ -47,6 +47,8 @@ class Mask {
   bool operator()(int64_t b, int64_t h, int64_t q, int64_t kv) const;
   // Number of samples the mask's data describe, or 0 if it is the same for every sample.
   int64_t batch() const;
+  // Whether the mask can differ between samples (per-sample data or a user predicate).
+  bool depends_on_sample() const;
   // Whether the mask can differ between heads (only user predicates can).
   bool depends_on_head() const;
 
@@ -60,7 +62,8 @@ class Mask {
 // Builds the BlockMask of `mask` for tensors of `batch` samples, `heads` query heads,
 // q_len rows and kv_len columns. The result broadcasts (batch or heads = 1) over what the
 // mask does not depend on. Tiles are exact: a partial tile has at least one visible and one
-// masked element. Throws flashflex::Error on sizes that do not match the mask's data.
+// masked element, where positions past q_len / kv_len count as masked. Throws
+// flashflex::Error on sizes that do not match the mask's data.
 HostBlockMask build_block_mask(const Mask& mask, int64_t batch, int64_t heads, int64_t q_len,
                                int64_t kv_len);
 
