@@ -5,7 +5,8 @@
 //   q    [B, Hq,  Q_LEN,  D]      k [B, Hkv, KV_LEN, D]      v [B, Hkv, KV_LEN, Dv]
 //   out  [B, Hq,  Q_LEN,  Dv]     lse float32 [B, Hq, Q_LEN] (natural log)
 // Hq must be a multiple of Hkv (grouped-query attention, any ratio). Q_LEN may differ from
-// KV_LEN. A fully masked row gives out = 0, lse = -inf and zero gradients.
+// KV_LEN. A fully masked row gives out = 0, lse = -inf and zero gradients; so does a row whose
+// visible scores are all -inf after the score mod (a -inf bias counts as masked).
 #pragma once
 
 #include <cstddef>
@@ -30,10 +31,13 @@ struct ForwardArgs {
 
 struct BackwardArgs {
   TensorRef q, k, v, out, dout;
-  TensorRef lse;                    // float32 [B, Hq, Q_LEN], from the forward
+  TensorRef lse;                    // float32 [B, Hq, Q_LEN], from the forward (required; the
+                                    // CPU reference recomputes it in float64 instead of reading it)
   TensorRef dlse;                   // optional float32 [B, Hq, Q_LEN]: gradient w.r.t. lse
-  TensorRef dq, dk, dv;             // written; dk, dv summed over the query heads of a group
-  TensorRef dbias;                  // optional (kBias only), shape of the bias: written
+  TensorRef dq, dk, dv;             // overwritten (not accumulated); dk, dv summed over the query
+                                    // heads of a group
+  TensorRef dbias;                  // optional (kBias only), the bias's shape: overwritten, summed
+                                    // over the bias's size-1 (broadcast) dims
   std::optional<double> scale;
   ScoreMod score_mod;
   const BlockMask* block_mask = nullptr;

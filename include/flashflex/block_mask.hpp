@@ -18,6 +18,8 @@
 //   full_q_indices      [batch, heads, num_kv_tiles, num_q_tiles]
 //   partial_tile_ids    [batch, heads, num_q_tiles, num_kv_tiles]  bitmap of tile (m, n), or -1 if not partial
 //   bitmaps             [num_partial_tiles, kTileSize, kBitmapWordsPerRow] uint32
+// A tile appears at most once per row of the lists (partial and full together); only listed
+// tiles are visited, whatever partial_tile_ids holds for the others.
 // Bitmap bit of element (r, c) of a tile: word r * kBitmapWordsPerRow + c / 32, bit c % 32;
 // rows and columns past Q_LEN / KV_LEN are 0.
 #pragma once

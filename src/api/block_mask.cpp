@@ -37,10 +37,14 @@ bool HostBlockMask::visible(int64_t b, int64_t h, int64_t q, int64_t kv) const {
   for (int32_t i = 0; i < full_kv_num_blocks[row]; ++i) {
     if (full_kv_indices[row * num_kv_tiles + i] == n) return true;
   }
-  const int32_t id = partial_tile_ids[row * num_kv_tiles + n];
-  if (id < 0) return false;
-  return detail::bitmap_bit(&bitmaps[static_cast<size_t>(id) * kBitmapWords],
-                            static_cast<int>(q % kTileSize), static_cast<int>(kv % kTileSize));
+  // Only listed tiles are ever visited: a bitmap id on an unlisted tile does not make it visible.
+  for (int32_t i = 0; i < kv_num_blocks[row]; ++i) {
+    if (kv_indices[row * num_kv_tiles + i] != n) continue;
+    const int32_t id = partial_tile_ids[row * num_kv_tiles + n];
+    return id >= 0 && detail::bitmap_bit(&bitmaps[static_cast<size_t>(id) * kBitmapWords],
+                                         static_cast<int>(q % kTileSize), static_cast<int>(kv % kTileSize));
+  }
+  return false;
 }
 
 }  // namespace flashflex

@@ -8,6 +8,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace flashflex::detail {
 namespace {
@@ -297,6 +298,7 @@ void check_tile_lists(const BlockMask& m, const char* name, const int32_t* count
                       const int32_t* full_counts, const int32_t* full_indices, int64_t rows, int64_t cols,
                       bool rows_are_q_tiles) {
   const int64_t n_rows = m.batch * m.heads * rows;
+  std::vector<int64_t> seen_in_row(cols, -1);  // last row that listed each tile
   for (int64_t r = 0; r < n_rows; ++r) {
     const int64_t c = counts[r], fc = full_counts[r];
     if (c < 0 || fc < 0 || c + fc > cols) {
@@ -309,6 +311,11 @@ void check_tile_lists(const BlockMask& m, const char* name, const int32_t* count
         fail(ErrorKind::kInvalidArgument, "block_mask: expected ", name, " indices in [0, ", cols, "), got ", idx,
              " at row ", r);
       }
+      if (seen_in_row[idx] == r) {
+        fail(ErrorKind::kInvalidArgument, "block_mask: expected each tile at most once in the ", name,
+             " lists (partial and full together), got tile ", idx, " twice at row ", r);
+      }
+      seen_in_row[idx] = r;
       if (i >= c) continue;
       const int64_t bh = r / rows, tile = r % rows;
       const int64_t m_tile = rows_are_q_tiles ? tile : idx;

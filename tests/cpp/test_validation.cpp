@@ -350,3 +350,26 @@ TEST_F(BlockMaskValidation, PartialTileWithoutBitmap) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(BlockMaskListValidation, TileListedTwice) {
+  constexpr int64_t kLen = 300, kD = 64;
+  std::vector<float> q(kLen * kD, 0.5f), out(kLen * kD);
+  ff::HostBlockMask host = ff::build_block_mask(ff::Mask::causal(), 1, 1, kLen, kLen);
+  // q-tile 1 lists kv-tile 0 as full and kv-tile 1 as partial; list kv-tile 1 as full too.
+  ASSERT_EQ(host.full_kv_num_blocks[1], 1);
+  ASSERT_EQ(host.kv_num_blocks[1], 1);
+  ASSERT_EQ(host.kv_indices[1 * host.num_kv_tiles], 1);
+  host.full_kv_indices[1 * host.num_kv_tiles] = 1;
+  const ff::BlockMask view = host.view();
+  ff::ForwardArgs a;
+  a.q = a.k = a.v = ff::make_tensor(q.data(), ff::DType::kFloat32, {1, 1, kLen, kD});
+  a.out = ff::make_tensor(out.data(), ff::DType::kFloat32, {1, 1, kLen, kD});
+  a.block_mask = &view;
+  expect_error([&] { ff::forward(a); }, kInvalid,
+               "block_mask: expected each tile at most once in the kv lists (partial and full together), "
+               "got tile 1 twice at row 1");
+}
+
+}  // namespace
