@@ -1,7 +1,7 @@
 """torch.library custom ops flashflex::fwd / flashflex::bwd over the native core, with fake
 implementations (torch.compile traces them without running them) and registered autograd.
-Block masks travel as their ten int32 tensors plus [B, H, Q_LEN, KV_LEN]; score mods as
-(kind, cap, tensor)."""
+Block masks travel as their ten int32 tensors (their sequence lengths are q's and k's, checked
+by the caller); score mods as (kind, cap, tensor)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import torch
 from torch import Tensor
 
 from . import _C
-from ._tensor_ref import stream_of, tensor_ref, unit_inner_stride
+from ._tensor_ref import device_code, stream_of, tensor_ref, unit_inner_stride
 from .score_mods import _BIAS
 
 
-def _mask_args(mask_tensors: List[Tensor], mask_sizes: List[int]):
+def _mask_args(mask_tensors: List[Tensor], q: Tensor, k: Tensor):
     if not mask_tensors:
         return None
-    from ._tensor_ref import device_code
     device_type, device_index = device_code(mask_tensors[0].device)
-    b, h, q_len, kv_len = mask_sizes
+    b, h = mask_tensors[0].shape[:2]
     bitmaps = mask_tensors[-1]
-    return (b, h, q_len, kv_len, bitmaps.shape[0], device_type, device_index, [t.data_ptr() for t in mask_tensors])
+    return (b, h, q.shape[2], k.shape[2], bitmaps.shape[0], device_type, device_index,
+            [t.data_ptr() for t in mask_tensors])
 
 
 def _mod_args(mod_kind: int, cap: float, mod_tensor: Optional[Tensor]):
@@ -37,48 +37,50 @@ def _empty_out(q: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("flashflex::fwd", mutates_args=())
-def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], mask_sizes: List[int],
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor],
                       scale: float, mod_kind: int, cap: float, mod_tensor: Optional[Tensor],
                       deterministic: bool) -> Tuple[Tensor, Tensor]:
     out = _empty_out(q)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale,
-               _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, mask_sizes), stream_of(q))
+               _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), stream_of(q))
     return out, lse
 
 
 @attention_forward.register_fake
-def _(q, k, v, mask_tensors, mask_sizes, scale, mod_kind, cap, mod_tensor, deterministic):
+def _(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic):
     return _empty_out(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.custom_op("flashflex::bwd", mutates_args=())
 def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                       lse: Tensor, mask_tensors: List[Tensor], mask_sizes: List[int], scale: float, mod_kind: int,
+                       lse: Tensor, mask_tensors: List[Tensor], scale: float, mod_kind: int,
                        cap: float, mod_tensor: Optional[Tensor], need_dbias: bool,
                        deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbias = torch.empty_like(mod_tensor) if need_dbias else q.new_empty(0)
-    _C.backward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(unit_inner_stride(dout)),
-                tensor_ref(lse), tensor_ref(None if dlse is None else unit_inner_stride(dlse)), tensor_ref(dq),
+    # Named, so that a copy made for the layout outlives the native call reading its pointer.
+    dout = unit_inner_stride(dout)
+    dlse = None if dlse is None else unit_inner_stride(dlse)
+    _C.backward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(dout),
+                tensor_ref(lse), tensor_ref(dlse), tensor_ref(dq),
                 tensor_ref(dk), tensor_ref(dv), tensor_ref(dbias) if need_dbias else None, scale,
-                _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, mask_sizes), deterministic,
+                _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), deterministic,
                 stream_of(q))
     return dq, dk, dv, dbias
 
 
 @attention_backward.register_fake
-def _(dout, dlse, q, k, v, out, lse, mask_tensors, mask_sizes, scale, mod_kind, cap, mod_tensor, need_dbias,
+def _(dout, dlse, q, k, v, out, lse, mask_tensors, scale, mod_kind, cap, mod_tensor, need_dbias,
       deterministic):
     dbias = torch.empty_like(mod_tensor) if need_dbias else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask_tensors, mask_sizes, scale, mod_kind, cap, mod_tensor, deterministic = inputs
+    q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, mod_tensor, *mask_tensors)
-    ctx.mask_sizes = mask_sizes
     ctx.scale, ctx.mod_kind, ctx.cap = scale, mod_kind, cap
     ctx.deterministic = deterministic
     ctx.set_materialize_grads(False)
@@ -88,11 +90,11 @@ def _backward(ctx, dout, dlse):
     q, k, v, out, lse, mod_tensor, *mask_tensors = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    need_dbias = ctx.mod_kind == _BIAS and ctx.needs_input_grad[8]
-    dq, dk, dv, dbias = attention_backward(dout, dlse, q, k, v, out, lse, mask_tensors, ctx.mask_sizes, ctx.scale,
+    need_dbias = ctx.mod_kind == _BIAS and ctx.needs_input_grad[7]
+    dq, dk, dv, dbias = attention_backward(dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale,
                                            ctx.mod_kind, ctx.cap, mod_tensor, need_dbias, ctx.deterministic)
-    no_grads = [None] * len(mask_tensors)  # autograd expects the inputs' structure, list included
-    return dq, dk, dv, no_grads, None, None, None, None, dbias if need_dbias else None, None
+    no_mask_grads = [None] * len(mask_tensors)  # autograd expects the inputs' structure, list included
+    return dq, dk, dv, no_mask_grads, None, None, None, dbias if need_dbias else None, None
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -25,29 +25,38 @@ _SUPPORTED_HEAD_DIMS = tuple(_C.supported_head_dims())
 
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod=None, block_mask=None,
                    scale: Optional[float] = None, enable_gqa: bool = False, return_lse: bool = False,
-                   kernel_options: Optional[dict] = None):
+                   kernel_options: Optional[dict] = None, *, return_aux=None):
     """Attention of `query` [B, Hq, Q_LEN, D] over `key`/`value` [B, Hkv, KV_LEN, D] with a mask
     (`block_mask`: flashflex.BlockMask or torch BlockMask; None = every key visible) and a score
     modification (`score_mod`: from flashflex.score_mods). Returns out [B, Hq, Q_LEN, D], and
     lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
-    out 0 and lse -inf. kernel_options: {"deterministic": bool} (backward summation order)."""
+    out 0 and lse -inf. return_aux=AuxRequest(lse=True) returns (out, AuxOutput(lse=...)) as in
+    torch. kernel_options: {"deterministic": bool} (backward summation order)."""
     _check_tensors(query, key, value, enable_gqa)
     mask = _resolve_block_mask(block_mask, query, key)
     mod = _resolve_score_mod(score_mod, query, key)
     scale = _resolve_scale(scale, query.shape[-1])
     deterministic = _resolve_kernel_options(kernel_options)
 
-    if mask is None:
-        mask_tensors, mask_sizes = [], []
-    else:
-        mask_tensors, mask_sizes = mask._tensors(), list(mask.shape)
+    mask_tensors = [] if mask is None else mask._tensors()
     mod_tensor = mod.tensor if mod is not None else None
     if mod_tensor is not None:
         mod_tensor = unit_inner_stride(mod_tensor)
     out, lse = attention_forward(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
-                                 mask_tensors, mask_sizes, scale, mod.kind if mod else _NONE,
+                                 mask_tensors, scale, mod.kind if mod else _NONE,
                                  mod.cap if mod else 0.0, mod_tensor, deterministic)
+    if return_aux is not None:
+        return out, _aux_output(return_aux, return_lse, lse)
     return (out, lse) if return_lse else out
+
+
+def _aux_output(request, return_lse: bool, lse: torch.Tensor):
+    from torch.nn.attention.flex_attention import AuxOutput
+    if return_lse:
+        raise ValueError("return_aux: expected either return_lse or return_aux, got both")
+    if getattr(request, "max_scores", False):
+        raise NotImplementedError("return_aux: max_scores is not supported yet; request lse only")
+    return AuxOutput(lse=lse if getattr(request, "lse", False) else None)
 
 
 def _check_tensors(query, key, value, enable_gqa: bool) -> None:
