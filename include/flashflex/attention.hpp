@@ -61,4 +61,7 @@ void backward(const BackwardArgs& args, Workspace workspace = {}, void* stream =
 // Head dims with a compiled path (D == Dv).
 const std::vector<int>& supported_head_dims();
 
+// Whether this build has the CUDA kernels (otherwise CUDA tensors are rejected).
+bool has_cuda_backend();
+
 }  // namespace flashflex

@@ -62,11 +62,13 @@ def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tenso
     # Named, so that a copy made for the layout outlives the native call reading its pointer.
     dout = unit_inner_stride(dout)
     dlse = None if dlse is None else unit_inner_stride(dlse)
-    _C.backward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(dout),
-                tensor_ref(lse), tensor_ref(dlse), tensor_ref(dq),
-                tensor_ref(dk), tensor_ref(dv), tensor_ref(dbias) if need_dbias else None, scale,
-                _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), deterministic,
-                stream_of(q))
+    args = (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(dout), tensor_ref(lse),
+            tensor_ref(dlse), tensor_ref(dq), tensor_ref(dk), tensor_ref(dv),
+            tensor_ref(dbias) if need_dbias else None, scale, _mod_args(mod_kind, cap, mod_tensor),
+            _mask_args(mask_tensors, q, k), deterministic)
+    workspace_bytes = _C.backward_workspace_size(*args)
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
+    _C.backward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
     return dq, dk, dv, dbias
 
 

@@ -105,11 +105,15 @@ void forward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, c
   ff::forward(a, {}, reinterpret_cast<void*>(stream));
 }
 
-void backward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, const TensorTuple& out,
-              const TensorTuple& dout, const TensorTuple& lse, const std::optional<TensorTuple>& dlse,
-              const TensorTuple& dq, const TensorTuple& dk, const TensorTuple& dv,
-              const std::optional<TensorTuple>& dbias, std::optional<double> scale, const ModTuple& mod,
-              const std::optional<MaskTuple>& mask, bool deterministic, std::uintptr_t stream) {
+// The backward's arguments, shared by backward() and backward_workspace_size(). `mask` is the
+// caller's storage for the block-mask view that a.block_mask points into.
+ff::BackwardArgs backward_args(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v,
+                               const TensorTuple& out, const TensorTuple& dout, const TensorTuple& lse,
+                               const std::optional<TensorTuple>& dlse, const TensorTuple& dq, const TensorTuple& dk,
+                               const TensorTuple& dv, const std::optional<TensorTuple>& dbias,
+                               std::optional<double> scale, const ModTuple& mod,
+                               const std::optional<MaskTuple>& mask_tuple, bool deterministic,
+                               std::optional<ff::BlockMask>& mask) {
   ff::BackwardArgs a;
   a.q = to_ref(q);
   a.k = to_ref(k);
@@ -125,11 +129,36 @@ void backward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, 
   a.scale = scale;
   a.score_mod = to_mod(mod);
   a.deterministic = deterministic;
-  std::optional<ff::BlockMask> m;
-  if (mask) m = to_mask(*mask);
-  a.block_mask = m ? &*m : nullptr;
+  if (mask_tuple) mask = to_mask(*mask_tuple);
+  a.block_mask = mask ? &*mask : nullptr;
+  return a;
+}
+
+std::size_t backward_workspace_size(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v,
+                                    const TensorTuple& out, const TensorTuple& dout, const TensorTuple& lse,
+                                    const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
+                                    const TensorTuple& dk, const TensorTuple& dv,
+                                    const std::optional<TensorTuple>& dbias, std::optional<double> scale,
+                                    const ModTuple& mod, const std::optional<MaskTuple>& mask_tuple,
+                                    bool deterministic) {
+  std::optional<ff::BlockMask> mask;
+  const ff::BackwardArgs a = backward_args(q, k, v, out, dout, lse, dlse, dq, dk, dv, dbias, scale, mod,
+                                           mask_tuple, deterministic, mask);
+  return ff::workspace_size(a);
+}
+
+void backward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, const TensorTuple& out,
+              const TensorTuple& dout, const TensorTuple& lse, const std::optional<TensorTuple>& dlse,
+              const TensorTuple& dq, const TensorTuple& dk, const TensorTuple& dv,
+              const std::optional<TensorTuple>& dbias, std::optional<double> scale, const ModTuple& mod,
+              const std::optional<MaskTuple>& mask_tuple, bool deterministic, std::uintptr_t workspace,
+              std::size_t workspace_bytes, std::uintptr_t stream) {
+  std::optional<ff::BlockMask> mask;
+  const ff::BackwardArgs a = backward_args(q, k, v, out, dout, lse, dlse, dq, dk, dv, dbias, scale, mod,
+                                           mask_tuple, deterministic, mask);
   py::gil_scoped_release release;
-  ff::backward(a, {}, reinterpret_cast<void*>(stream));
+  ff::backward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
+               reinterpret_cast<void*>(stream));
 }
 
 // Copies a built mask into caller-allocated int32 buffers (same order as to_mask's pointers).
@@ -171,7 +200,12 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("backward", &backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("dout"),
           py::arg("lse"), py::arg("dlse"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dbias"),
           py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("deterministic"),
-          py::arg("stream"));
+          py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
+  mod.def("backward_workspace_size", &backward_workspace_size, py::arg("q"), py::arg("k"), py::arg("v"),
+          py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dlse"), py::arg("dq"), py::arg("dk"),
+          py::arg("dv"), py::arg("dbias"), py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"),
+          py::arg("deterministic"));
+  mod.def("has_cuda_backend", &ff::has_cuda_backend);
 
   py::class_<ff::Mask>(mod, "Mask")
       .def_static("causal", &ff::Mask::causal, py::arg("offset") = 0)

@@ -1,16 +1,22 @@
-// Public entry points: validate, then dispatch to a backend (today: the CPU reference; the CUDA
-// kernels of src/cuda/ plug in here by device).
+// Public entry points: validate, then dispatch by device to the CPU reference (src/cpu/) or,
+// in builds with CUDA, the CUDA backend (src/cuda/launch.hpp).
 #include "flashflex/attention.hpp"
 
 #include "api/validate.hpp"
 #include "cpu/reference.hpp"
+#ifndef FLASHFLEX_WITH_CUDA
+#define FLASHFLEX_WITH_CUDA 0
+#endif
+#if FLASHFLEX_WITH_CUDA
+#include "cuda/launch.hpp"
+#endif
 
 namespace flashflex {
 namespace {
 
 [[noreturn]] void no_cuda_backend() {
   throw Error(ErrorKind::kUnsupported,
-              "q: expected CPU tensors, got CUDA tensors (this build has no CUDA kernels yet)");
+              "q: expected CPU tensors, got CUDA tensors (this build has no CUDA kernels; rebuild with nvcc)");
 }
 
 }  // namespace
@@ -20,26 +26,45 @@ const std::vector<int>& supported_head_dims() {
   return dims;
 }
 
+bool has_cuda_backend() { return FLASHFLEX_WITH_CUDA != 0; }
+
 std::size_t workspace_size(const ForwardArgs& args) {
   detail::validate_forward(args);
   return 0;  // the CPU reference allocates its own float64 scratch
 }
 
 std::size_t workspace_size(const BackwardArgs& args) {
-  detail::validate_backward(args);
+  const detail::AttentionShape s = detail::validate_backward(args);
+#if FLASHFLEX_WITH_CUDA
+  if (s.device.type == DeviceType::kCuda) return cuda::backward_workspace_size(args);
+#endif
+  (void)s;
   return 0;
 }
 
-void forward(const ForwardArgs& args, Workspace /*workspace*/, void* /*stream*/) {
+void forward(const ForwardArgs& args, Workspace /*workspace*/, void* stream) {
   const detail::AttentionShape s = detail::validate_forward(args);
-  if (s.device.type != DeviceType::kCpu) no_cuda_backend();
-  cpu::reference_forward(args, detail::resolve_scale(args.scale, s.head_dim));
+  const double scale = detail::resolve_scale(args.scale, s.head_dim);
+  if (s.device.type == DeviceType::kCpu) return cpu::reference_forward(args, scale);
+#if FLASHFLEX_WITH_CUDA
+  return cuda::forward(args, scale, stream);
+#else
+  (void)stream;
+  no_cuda_backend();
+#endif
 }
 
-void backward(const BackwardArgs& args, Workspace /*workspace*/, void* /*stream*/) {
+void backward(const BackwardArgs& args, Workspace workspace, void* stream) {
   const detail::AttentionShape s = detail::validate_backward(args);
-  if (s.device.type != DeviceType::kCpu) no_cuda_backend();
-  cpu::reference_backward(args, detail::resolve_scale(args.scale, s.head_dim));
+  const double scale = detail::resolve_scale(args.scale, s.head_dim);
+  if (s.device.type == DeviceType::kCpu) return cpu::reference_backward(args, scale);
+#if FLASHFLEX_WITH_CUDA
+  return cuda::backward(args, scale, workspace, stream);
+#else
+  (void)workspace;
+  (void)stream;
+  no_cuda_backend();
+#endif
 }
 
 }  // namespace flashflex
