@@ -8,7 +8,9 @@
 
 namespace flashflex {
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// Attention tensors are float32, float16 or bfloat16; the integer types serve index inputs
+// (EAGLE3 sequence lengths) and are rejected wherever a float tensor is expected.
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kInt32 = 3, kInt64 = 4 };
 
 enum class DeviceType : int { kCpu = 0, kCuda = 1 };
 

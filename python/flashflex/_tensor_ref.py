@@ -6,9 +6,10 @@ from typing import Optional, Tuple
 
 import torch
 
-# Codes of flashflex::DType (include/flashflex/tensor.hpp).
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-SUPPORTED_DTYPES = tuple(DTYPE_CODES)
+# Codes of flashflex::DType (include/flashflex/tensor.hpp). The integer codes serve index inputs
+# (EAGLE3 sequence lengths); attention tensors take SUPPORTED_DTYPES only.
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int32: 3, torch.int64: 4}
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 TensorTuple = Tuple[int, int, int, int, Tuple[int, ...], Tuple[int, ...]]
 

@@ -177,6 +177,8 @@ void copy_block_mask(const ff::HostBlockMask& m, const std::vector<std::uintptr_
 
 }  // namespace
 
+void bind_eagle3(py::module_& mod);  // bind_eagle3.cpp
+
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "flashflex native core (torch-free binding)";
 
@@ -206,6 +208,7 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("dv"), py::arg("dbias"), py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"),
           py::arg("deterministic"));
   mod.def("has_cuda_backend", &ff::has_cuda_backend);
+  bind_eagle3(mod);
 
   py::class_<ff::Mask>(mod, "Mask")
       .def_static("causal", &ff::Mask::causal, py::arg("offset") = 0)

@@ -1,6 +1,7 @@
 // Validation of ForwardArgs / BackwardArgs: one function per concern (presence, layout, dtype,
 // device, shape, heads, head dim, index range, score mod, block mask). Messages follow
-// "<argument>: expected <what>, got <value>".
+// "<argument>: expected <what>, got <value>". The per-tensor checks declared in validate.hpp
+// are also used by validate_eagle3.cpp.
 #include "api/validate.hpp"
 
 #include <algorithm>
@@ -15,21 +16,6 @@ namespace {
 
 constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
 constexpr const char* kDimNames[] = {"batch", "heads", "seq_len", "head_dim"};
-
-template <typename... Parts>
-[[noreturn]] void fail(ErrorKind kind, const Parts&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  throw Error(kind, os.str());
-}
-
-std::string sizes_str(const TensorRef& t) {
-  std::ostringstream os;
-  os << '[';
-  for (int d = 0; d < t.rank; ++d) os << (d ? ", " : "") << t.sizes[d];
-  os << ']';
-  return os.str();
-}
 
 // ---- presence and layout -------------------------------------------------------------------
 
@@ -97,6 +83,16 @@ void check_index_range(const char* name, const TensorRef& t) {
   }
 }
 
+}  // namespace
+
+std::string sizes_str(const TensorRef& t) {
+  std::ostringstream os;
+  os << '[';
+  for (int d = 0; d < t.rank; ++d) os << (d ? ", " : "") << t.sizes[d];
+  os << ']';
+  return os.str();
+}
+
 void check_tensor(const char* name, const TensorRef& t, int rank) {
   check_present(name, t, rank);
   check_inner_stride(name, t);
@@ -132,15 +128,23 @@ void check_size(const char* name, const TensorRef& t, int dim, int64_t expected,
 }
 
 void check_float_dtype(const char* name, const TensorRef& t) {
-  if (t.dtype != DType::kFloat32 && t.dtype != DType::kFloat16 && t.dtype != DType::kBFloat16) {
-    fail(ErrorKind::kInvalidArgument, name, ": expected dtype float32, float16 or bfloat16, got ",
-         static_cast<int>(t.dtype));
+  switch (t.dtype) {
+    case DType::kFloat32:
+    case DType::kFloat16:
+    case DType::kBFloat16:
+      return;
+    case DType::kInt32:
+    case DType::kInt64:
+      fail(ErrorKind::kInvalidArgument, name, ": expected dtype float32, float16 or bfloat16, got ",
+           dtype_name(t.dtype));
   }
+  fail(ErrorKind::kInvalidArgument, name, ": expected dtype float32, float16 or bfloat16, got dtype code ",
+       static_cast<int>(t.dtype));
 }
 
-void check_heads(int64_t q_heads, int64_t kv_heads) {
+void check_heads(const char* kv_name, int64_t q_heads, int64_t kv_heads) {
   if (q_heads % kv_heads != 0) {
-    fail(ErrorKind::kInvalidArgument, "k: expected a number of heads dividing q's ", q_heads,
+    fail(ErrorKind::kInvalidArgument, kv_name, ": expected a number of heads dividing q's ", q_heads,
          " heads (grouped-query attention), got ", kv_heads);
   }
 }
@@ -156,6 +160,8 @@ void check_head_dim(int64_t head_dim, int64_t v_head_dim) {
     fail(ErrorKind::kUnsupported, "v: expected head_dim ", head_dim, " (as q), got ", v_head_dim);
   }
 }
+
+namespace {
 
 // q, k, v: the inputs every entry point shares.
 AttentionShape check_qkv(const TensorRef& q, const TensorRef& k, const TensorRef& v) {
@@ -182,10 +188,12 @@ AttentionShape check_qkv(const TensorRef& q, const TensorRef& k, const TensorRef
   s.v_head_dim = v.sizes[3];
   s.dtype = q.dtype;
   s.device = q.device;
-  check_heads(s.q_heads, s.kv_heads);
+  check_heads("k", s.q_heads, s.kv_heads);
   check_head_dim(s.head_dim, s.v_head_dim);
   return s;
 }
+
+}  // namespace
 
 // A tensor shaped like q / k / v / out (same dtype and device).
 void check_like(const char* name, const TensorRef& t, const AttentionShape& s, int64_t heads, int64_t len,
@@ -208,6 +216,14 @@ void check_row_stat(const char* name, const TensorRef& t, const AttentionShape& 
   check_size(name, t, 1, s.q_heads, "as q");
   check_size(name, t, 2, s.q_len, "as q");
 }
+
+void check_scale(const std::optional<double>& scale) {
+  if (scale && !std::isfinite(*scale)) {
+    fail(ErrorKind::kInvalidArgument, "scale: expected a finite number, got ", *scale);
+  }
+}
+
+namespace {
 
 // ---- score mod -----------------------------------------------------------------------------
 
@@ -341,12 +357,6 @@ void check_block_mask(const BlockMask* m, const AttentionShape& s) {
   if (m == nullptr) return;
   check_block_mask_sizes(*m, s);
   if (m->device.type == DeviceType::kCpu) check_block_mask_contents(*m);
-}
-
-void check_scale(const std::optional<double>& scale) {
-  if (scale && !std::isfinite(*scale)) {
-    fail(ErrorKind::kInvalidArgument, "scale: expected a finite number, got ", *scale);
-  }
 }
 
 }  // namespace

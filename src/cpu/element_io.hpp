@@ -113,6 +113,9 @@ inline void with_dtype(DType dtype, Fn&& fn) {
     case DType::kFloat32: fn(std::integral_constant<DType, DType::kFloat32>{}); return;
     case DType::kFloat16: fn(std::integral_constant<DType, DType::kFloat16>{}); return;
     case DType::kBFloat16: fn(std::integral_constant<DType, DType::kBFloat16>{}); return;
+    case DType::kInt32:
+    case DType::kInt64:
+      break;  // index tensors are never read as elements here (validation rejects them)
   }
   throw Error(ErrorKind::kInternal, "cpu reference: expected dtype float32, float16 or bfloat16, got " +
                                         std::to_string(static_cast<int>(dtype)));

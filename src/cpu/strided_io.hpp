@@ -1,7 +1,8 @@
-// Strided tensor I/O of the CPU reference: copies one (batch, head) matrix of a TensorRef into a
-// contiguous float64 buffer and back, and the same for float32 row statistics (lse, dlse).
-// The reference (reference_forward.cpp, reference_backward.cpp) gathers once per group and runs
-// its loops on these buffers; element conversion is in element_io.hpp.
+// Strided tensor I/O of the CPU reference: copies one (batch, head) matrix, or one row of it, of a
+// TensorRef into a contiguous float64 buffer and back, and the same for float32 row statistics
+// (lse, dlse). The references (reference_forward.cpp, reference_backward.cpp,
+// reference_eagle3.cpp) gather once per group or row and run their loops on these buffers;
+// element conversion is in element_io.hpp.
 #pragma once
 
 #include <cstdint>
@@ -56,7 +57,35 @@ inline void scatter_matrix(const double* src, const TensorRef& t, int64_t b, int
   });
 }
 
+// dst[c] = t[b, h, r, c] for the sizes[3] elements of one row.
+inline void gather_row(const TensorRef& t, int64_t b, int64_t h, int64_t r, double* dst) {
+  const int64_t row_offset = offset_of(t, b, h, r, 0);
+  with_dtype(t.dtype, [&](auto dtype) {
+    for (int64_t c = 0; c < t.sizes[3]; ++c) {
+      dst[c] = load_as_double<decltype(dtype)::value>(t.data, row_offset + c * t.strides[3]);
+    }
+  });
+}
+
+// t[b, h, r, c] = src[c], rounded to t's dtype.
+inline void scatter_row(const double* src, const TensorRef& t, int64_t b, int64_t h, int64_t r) {
+  const int64_t row_offset = offset_of(t, b, h, r, 0);
+  with_dtype(t.dtype, [&](auto dtype) {
+    for (int64_t c = 0; c < t.sizes[3]; ++c) {
+      store_from_double<decltype(dtype)::value>(t.data, row_offset + c * t.strides[3], src[c]);
+    }
+  });
+}
+
 // Row statistics are float32 [B, H, T] (validated in src/api/validate.cpp).
+inline double row_stat_at(const TensorRef& t, int64_t b, int64_t h, int64_t i) {
+  return static_cast<const float*>(t.data)[b * t.strides[0] + h * t.strides[1] + i * t.strides[2]];
+}
+
+inline void set_row_stat(const TensorRef& t, int64_t b, int64_t h, int64_t i, double x) {
+  static_cast<float*>(t.data)[b * t.strides[0] + h * t.strides[1] + i * t.strides[2]] = static_cast<float>(x);
+}
+
 inline void gather_row_stat(const TensorRef& t, int64_t b, int64_t h, double* dst) {
   const float* data = static_cast<const float*>(t.data);
   for (int64_t i = 0; i < t.sizes[2]; ++i) dst[i] = data[b * t.strides[0] + h * t.strides[1] + i * t.strides[2]];

@@ -142,6 +142,13 @@ TEST_F(Validation, MismatchedDtype) {
   expect_fwd(a, kInvalid, "v: expected dtype float32 (as q), got bfloat16");
 }
 
+// Integer dtypes exist for index tensors (EAGLE3 sequence lengths), never for attention inputs.
+TEST_F(Validation, IntegerQ) {
+  auto a = fwd();
+  a.q.dtype = ff::DType::kInt32;
+  expect_fwd(a, kInvalid, "q: expected dtype float32, float16 or bfloat16, got int32");
+}
+
 TEST_F(Validation, MismatchedDevice) {
   auto a = fwd();
   a.k.device = ff::Device{ff::DeviceType::kCuda, 0};

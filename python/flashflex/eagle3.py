@@ -1,0 +1,126 @@
+"""flashflex.eagle3: EAGLE3 test-time-training (TTT) attention as a structured path.
+
+TTT step k has k + 1 key/value blocks K_0..K_k, V_0..V_k, each [B, Hkv, T, D], passed as lists
+(never concatenated: torch.cat keeps every step's copy alive for autograd). Row q of sample b is
+valid iff q < L_b - k (L_b = seq_lengths[b], or T when seq_lengths is None); a valid row sees
+K_0[0..q] (causal) and K_j[q] for 1 <= j <= k (one row-local key per later block), all in one
+softmax of scale * q.k. This is the customers' generate_eagle3_mask over [K_0 | ... | K_k] with
+seq_lengths - k as its lengths. Invalid rows give out 0, lse -inf and zero gradients. No score
+mods apply on this path. Gradients flow to q and to every block (flashflex::eagle3_fwd / _bwd
+custom ops in _eagle3_ops.py, usable under torch.compile(fullgraph=True))."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _C
+from ._eagle3_ops import eagle3_forward
+from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
+from .attention import _resolve_scale
+
+__all__ = ["ttt_attention"]
+
+# Read once: torch.compile cannot trace a call into the binding.
+_SUPPORTED_HEAD_DIMS = tuple(_C.supported_head_dims())
+_LENGTH_DTYPES = (torch.int32, torch.int64)
+
+
+def ttt_attention(q: torch.Tensor, k_blocks: Sequence[torch.Tensor], v_blocks: Sequence[torch.Tensor],
+                  seq_lengths: Optional[Union[torch.Tensor, Sequence[int]]] = None, scale: Optional[float] = None,
+                  return_lse: bool = False):
+    """EAGLE3 TTT attention of `q` [B, Hq, T, D] over `k_blocks` / `v_blocks` (lists of k + 1
+    tensors [B, Hkv, T, D], same dtype and device as q; Hq a multiple of Hkv; any strides with
+    innermost stride 1, so [B, T, H, D] memory seen as [B, H, T, D] works). `seq_lengths`: the
+    valid length L_b of each sample (int32 / int64 tensor [B] on q's device, or a list of ints,
+    each in [0, T]); None means every sample has length T, so the last k rows are invalid.
+    `scale` defaults to 1 / sqrt(D). Returns out [B, Hq, T, D] in q's layout, and with
+    return_lse=True also lse float32 [B, Hq, T] (natural log; -inf on invalid rows)."""
+    _check_query(q)
+    k_blocks = _check_block_list("k_blocks", k_blocks, q)
+    v_blocks = _check_block_list("v_blocks", v_blocks, q)
+    if len(v_blocks) != len(k_blocks):
+        raise ValueError(f"v_blocks: expected {len(k_blocks)} blocks (as k_blocks), got {len(v_blocks)}")
+    _check_block_shapes(q, k_blocks, v_blocks)
+    lengths = _resolve_seq_lengths(seq_lengths, q)
+    scale = _resolve_scale(scale, q.shape[-1])
+    out, lse = eagle3_forward(unit_inner_stride(q), [unit_inner_stride(k) for k in k_blocks],
+                              [unit_inner_stride(v) for v in v_blocks], lengths, scale)
+    return (out, lse) if return_lse else out
+
+
+def _check_query(q) -> None:
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q: expected dtype float32, float16 or bfloat16, got {q.dtype}")
+    if q.dim() != 4:
+        raise ValueError(f"q: expected 4 dimensions [B, Hq, T, D], got shape {tuple(q.shape)}")
+    if q.numel() == 0:
+        raise ValueError(f"q: expected non-empty sizes, got shape {tuple(q.shape)}")
+    if q.shape[-1] not in _SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"q: expected head dim in {_SUPPORTED_HEAD_DIMS}, got {q.shape[-1]}")
+
+
+def _check_block_list(name: str, blocks, q: torch.Tensor) -> list:
+    """A non-empty list or tuple of 4-d tensors of q's dtype and device."""
+    if isinstance(blocks, torch.Tensor) or not isinstance(blocks, (list, tuple)):
+        raise TypeError(f"{name}: expected a list of tensors [B, Hkv, T, D] (one per TTT block, not "
+                        f"concatenated), got {type(blocks).__name__}")
+    if len(blocks) == 0:
+        raise ValueError(f"{name}: expected at least one block (block 0: the causal keys), got an empty list")
+    for j, t in enumerate(blocks):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{j}]: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}[{j}]: expected dtype {q.dtype} (as q), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}[{j}]: expected device {q.device} (as q), got {t.device}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}[{j}]: expected 4 dimensions [B, Hkv, T, D], got shape {tuple(t.shape)}")
+    return list(blocks)
+
+
+def _check_block_shapes(q: torch.Tensor, k_blocks: list, v_blocks: list) -> None:
+    b, hq, t, d = q.shape
+    first = k_blocks[0]
+    if (first.shape[0], first.shape[2], first.shape[3]) != (b, t, d):
+        raise ValueError(f"k_blocks[0]: expected shape [{b}, Hkv, {t}, {d}] (batch, T and D as q), got "
+                         f"{tuple(first.shape)}")
+    hkv = first.shape[1]
+    if hq % hkv != 0:
+        raise ValueError(f"k_blocks[0]: expected a number of heads dividing q's {hq} heads, got {hkv}")
+    for name, blocks in (("k_blocks", k_blocks), ("v_blocks", v_blocks)):
+        for j, block in enumerate(blocks):
+            if block.shape != first.shape:
+                raise ValueError(f"{name}[{j}]: expected shape {tuple(first.shape)} (as k_blocks[0]), got "
+                                 f"{tuple(block.shape)}")
+
+
+def _resolve_seq_lengths(seq_lengths, q: torch.Tensor) -> Optional[torch.Tensor]:
+    """None, or an int32 / int64 tensor [B] on q's device with stride 1. A list's values are
+    checked here; a CPU tensor's by the native core; a CUDA tensor's are not read (no sync)."""
+    if seq_lengths is None:
+        return None
+    b, t = q.shape[0], q.shape[2]
+    if isinstance(seq_lengths, torch.Tensor):
+        if seq_lengths.dtype not in _LENGTH_DTYPES:
+            raise TypeError(f"seq_lengths: expected an int32 or int64 tensor, got dtype {seq_lengths.dtype}")
+        if tuple(seq_lengths.shape) != (b,):
+            raise ValueError(f"seq_lengths: expected shape ({b},) (one length per sample of q), got "
+                             f"{tuple(seq_lengths.shape)}")
+        if seq_lengths.device != q.device:
+            raise ValueError(f"seq_lengths: expected device {q.device} (as q), got {seq_lengths.device}")
+        return unit_inner_stride(seq_lengths)
+    if not isinstance(seq_lengths, (list, tuple)):
+        raise TypeError(f"seq_lengths: expected None, an int32 / int64 tensor or a list of ints, got "
+                        f"{type(seq_lengths).__name__}")
+    if len(seq_lengths) != b:
+        raise ValueError(f"seq_lengths: expected {b} lengths (one per sample of q), got {len(seq_lengths)}")
+    for i, length in enumerate(seq_lengths):
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise TypeError(f"seq_lengths[{i}]: expected an int, got {type(length).__name__}")
+        if not 0 <= length <= t:
+            raise ValueError(f"seq_lengths[{i}]: expected a length in [0, {t}], got {length}")
+    return torch.tensor(list(seq_lengths), dtype=torch.int64, device=q.device)

@@ -1,0 +1,123 @@
+// The EAGLE3 functions of flashflex._C: eagle3_forward, eagle3_backward and
+// eagle3_backward_workspace_size over flashflex/eagle3.hpp. Tensors arrive in binding.cpp's
+// convention, (data_ptr, dtype code, device type, device index, sizes, strides), block lists as
+// lists of such tuples; flashflex::Error kinds are mapped to Python exceptions by the translator
+// that binding.cpp registers for the whole module. Called from PYBIND11_MODULE in binding.cpp.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "flashflex/eagle3.hpp"
+
+namespace py = pybind11;
+namespace ff = flashflex;
+
+namespace {
+
+using TensorTuple = std::tuple<std::uintptr_t, int, int, int, std::vector<int64_t>, std::vector<int64_t>>;
+using TensorList = std::vector<TensorTuple>;
+
+// binding.cpp's conversion, for the tuples built by python/flashflex/_tensor_ref.py.
+ff::TensorRef to_ref(const std::optional<TensorTuple>& t) {
+  ff::TensorRef r;
+  if (!t) return r;
+  const auto& [ptr, dtype, device_type, device_index, sizes, strides] = *t;
+  if (sizes.size() > static_cast<size_t>(ff::kMaxRank) || strides.size() != sizes.size()) {
+    throw ff::Error(ff::ErrorKind::kInvalidArgument, "tensor: expected at most 4 sizes with one stride each");
+  }
+  r.data = reinterpret_cast<void*>(ptr);
+  r.dtype = static_cast<ff::DType>(dtype);
+  r.device = ff::Device{static_cast<ff::DeviceType>(device_type), device_index};
+  r.rank = static_cast<int>(sizes.size());
+  for (int d = 0; d < r.rank; ++d) {
+    r.sizes[d] = sizes[d];
+    r.strides[d] = strides[d];
+  }
+  return r;
+}
+
+std::vector<ff::TensorRef> to_refs(const TensorList& list) {
+  std::vector<ff::TensorRef> refs;
+  refs.reserve(list.size());
+  for (const TensorTuple& t : list) refs.push_back(to_ref(t));
+  return refs;
+}
+
+void eagle3_forward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
+                    const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
+                    const std::optional<TensorTuple>& lse, std::optional<double> scale, std::uintptr_t stream) {
+  ff::Eagle3ForwardArgs a;
+  a.q = to_ref(q);
+  a.k_blocks = to_refs(k_blocks);
+  a.v_blocks = to_refs(v_blocks);
+  a.seq_lengths = to_ref(seq_lengths);
+  a.out = to_ref(out);
+  a.lse = to_ref(lse);
+  a.scale = scale;
+  py::gil_scoped_release release;
+  ff::eagle3_forward(a, {}, reinterpret_cast<void*>(stream));
+}
+
+ff::Eagle3BackwardArgs backward_args(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
+                                     const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
+                                     const TensorTuple& dout, const TensorTuple& lse,
+                                     const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
+                                     const TensorList& dk_blocks, const TensorList& dv_blocks,
+                                     std::optional<double> scale, bool deterministic) {
+  ff::Eagle3BackwardArgs a;
+  a.q = to_ref(q);
+  a.k_blocks = to_refs(k_blocks);
+  a.v_blocks = to_refs(v_blocks);
+  a.seq_lengths = to_ref(seq_lengths);
+  a.out = to_ref(out);
+  a.dout = to_ref(dout);
+  a.lse = to_ref(lse);
+  a.dlse = to_ref(dlse);
+  a.dq = to_ref(dq);
+  a.dk_blocks = to_refs(dk_blocks);
+  a.dv_blocks = to_refs(dv_blocks);
+  a.scale = scale;
+  a.deterministic = deterministic;
+  return a;
+}
+
+std::size_t eagle3_backward_workspace_size(const TensorTuple& q, const TensorList& k_blocks,
+                                           const TensorList& v_blocks, const std::optional<TensorTuple>& seq_lengths,
+                                           const TensorTuple& out, const TensorTuple& dout, const TensorTuple& lse,
+                                           const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
+                                           const TensorList& dk_blocks, const TensorList& dv_blocks,
+                                           std::optional<double> scale, bool deterministic) {
+  return ff::workspace_size(backward_args(q, k_blocks, v_blocks, seq_lengths, out, dout, lse, dlse, dq, dk_blocks,
+                                          dv_blocks, scale, deterministic));
+}
+
+void eagle3_backward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
+                     const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out, const TensorTuple& dout,
+                     const TensorTuple& lse, const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
+                     const TensorList& dk_blocks, const TensorList& dv_blocks, std::optional<double> scale,
+                     bool deterministic, std::uintptr_t workspace, std::size_t workspace_bytes, std::uintptr_t stream) {
+  const ff::Eagle3BackwardArgs a = backward_args(q, k_blocks, v_blocks, seq_lengths, out, dout, lse, dlse, dq,
+                                                 dk_blocks, dv_blocks, scale, deterministic);
+  py::gil_scoped_release release;
+  ff::eagle3_backward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
+                      reinterpret_cast<void*>(stream));
+}
+
+}  // namespace
+
+void bind_eagle3(py::module_& mod) {
+  mod.def("eagle3_forward", &eagle3_forward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
+          py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"), py::arg("stream"));
+  mod.def("eagle3_backward", &eagle3_backward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
+          py::arg("seq_lengths"), py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dlse"), py::arg("dq"),
+          py::arg("dk_blocks"), py::arg("dv_blocks"), py::arg("scale"), py::arg("deterministic"),
+          py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
+  mod.def("eagle3_backward_workspace_size", &eagle3_backward_workspace_size, py::arg("q"), py::arg("k_blocks"),
+          py::arg("v_blocks"), py::arg("seq_lengths"), py::arg("out"), py::arg("dout"), py::arg("lse"),
+          py::arg("dlse"), py::arg("dq"), py::arg("dk_blocks"), py::arg("dv_blocks"), py::arg("scale"),
+          py::arg("deterministic"));
+}
