@@ -14,31 +14,15 @@
 
 #include "flashflex/attention.hpp"
 #include "flashflex/mask.hpp"
+#include "tensor_tuple.hpp"
 
 namespace py = pybind11;
 namespace ff = flashflex;
 
 namespace {
 
-using TensorTuple = std::tuple<std::uintptr_t, int, int, int, std::vector<int64_t>, std::vector<int64_t>>;
-
-ff::TensorRef to_ref(const std::optional<TensorTuple>& t) {
-  ff::TensorRef r;
-  if (!t) return r;
-  const auto& [ptr, dtype, device_type, device_index, sizes, strides] = *t;
-  if (sizes.size() > static_cast<size_t>(ff::kMaxRank) || strides.size() != sizes.size()) {
-    throw ff::Error(ff::ErrorKind::kInvalidArgument, "tensor: expected at most 4 sizes with one stride each");
-  }
-  r.data = reinterpret_cast<void*>(ptr);
-  r.dtype = static_cast<ff::DType>(dtype);
-  r.device = ff::Device{static_cast<ff::DeviceType>(device_type), device_index};
-  r.rank = static_cast<int>(sizes.size());
-  for (int d = 0; d < r.rank; ++d) {
-    r.sizes[d] = sizes[d];
-    r.strides[d] = strides[d];
-  }
-  return r;
-}
+using flashflex::binding::TensorTuple;
+using flashflex::binding::to_ref;
 
 // (kind, softcap, alibi slopes, bias)
 using ModTuple = std::tuple<int, double, std::optional<TensorTuple>, std::optional<TensorTuple>>;

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -86,11 +85,9 @@ void check_index_range(const char* name, const TensorRef& t) {
 }  // namespace
 
 std::string sizes_str(const TensorRef& t) {
-  std::ostringstream os;
-  os << '[';
-  for (int d = 0; d < t.rank; ++d) os << (d ? ", " : "") << t.sizes[d];
-  os << ']';
-  return os.str();
+  std::string out = "[";
+  for (int d = 0; d < t.rank; ++d) out += (d ? ", " : "") + std::to_string(t.sizes[d]);
+  return out + "]";
 }
 
 void check_tensor(const char* name, const TensorRef& t, int rank) {
@@ -152,9 +149,9 @@ void check_heads(const char* kv_name, int64_t q_heads, int64_t kv_heads) {
 void check_head_dim(int64_t head_dim, int64_t v_head_dim) {
   const auto& dims = supported_head_dims();
   if (std::find(dims.begin(), dims.end(), head_dim) == dims.end()) {
-    std::ostringstream list;
-    for (size_t i = 0; i < dims.size(); ++i) list << (i ? ", " : "") << dims[i];
-    fail(ErrorKind::kUnsupported, "q: expected head_dim in {", list.str(), "}, got ", head_dim);
+    std::string list;
+    for (size_t i = 0; i < dims.size(); ++i) list += (i ? ", " : "") + std::to_string(dims[i]);
+    fail(ErrorKind::kUnsupported, "q: expected head_dim in {", list, "}, got ", head_dim);
   }
   if (v_head_dim != head_dim) {
     fail(ErrorKind::kUnsupported, "v: expected head_dim ", head_dim, " (as q), got ", v_head_dim);

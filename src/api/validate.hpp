@@ -6,9 +6,9 @@
 
 #include <cstdint>
 #include <optional>
-#include <sstream>
 #include <string>
 
+#include "api/message.hpp"
 #include "flashflex/attention.hpp"
 
 namespace flashflex::detail {
@@ -39,9 +39,7 @@ double resolve_scale(const std::optional<double>& scale, int64_t head_dim);
 // Throws Error(kind, concatenation of parts).
 template <typename... Parts>
 [[noreturn]] void fail(ErrorKind kind, const Parts&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  throw Error(kind, os.str());
+  throw Error(kind, concat(parts...));
 }
 
 std::string sizes_str(const TensorRef& t);  // "[2, 4, 17, 64]"
