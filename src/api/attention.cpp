@@ -14,10 +14,12 @@
 namespace flashflex {
 namespace {
 
+#if !FLASHFLEX_WITH_CUDA
 [[noreturn]] void no_cuda_backend() {
   throw Error(ErrorKind::kUnsupported,
               "q: expected CPU tensors, got CUDA tensors (this build has no CUDA kernels; rebuild with nvcc)");
 }
+#endif
 
 }  // namespace
 

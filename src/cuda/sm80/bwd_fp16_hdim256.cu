@@ -1,0 +1,12 @@
+// Instantiation group of the sm80 backward main kernel: fp16, head dim 256, every score mod
+// (launch_bwd.cuh); dispatched from src/cuda/backward.cu.
+#include "cuda/sm80/launch_bwd.cuh"
+
+namespace flashflex::sm80 {
+
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kNone>(const BwdParams&, void*);
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kSoftcap>(const BwdParams&, void*);
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kAlibi>(const BwdParams&, void*);
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kBias>(const BwdParams&, void*);
+
+}  // namespace flashflex::sm80

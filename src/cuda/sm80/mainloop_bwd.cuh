@@ -1,0 +1,302 @@
+// The sm80 backward main kernel (FlashAttention-2 style, KERNEL_NOTES.md section 3). One CTA per
+// (kv tile of kBlockN keys, kv head x split of its GQA group, batch): K and V stay in shared
+// memory and fp32 dK, dV in registers while the CTA walks, for each of its query heads, the q
+// tiles that the block mask lists for its kv tile (tile_iter_bwd.cuh). Per step of kBlockM rows:
+//   S = Q K^T, dP = dO V^T                      (gemm_bwd.cuh, warps kWarpsSdpM x kWarpsSdpN)
+//   P = exp2(mod(S) - LSE2) on visible scores, dS = P (dP - dpsum) mod'   (mod_mask_bwd.cuh)
+//   P, dS -> shared memory (16-bit); dV += P^T dO, dK += dS^T Q; dQacc += dS K (fp32 red.add)
+// Q and dO of the next step are prefetched (cp.async) as the current one starts; the walk itself
+// runs two steps ahead (three step slots in shared memory). dK, dV
+// are summed over the CTA's heads in registers (no atomics); epilogue_bwd.cuh stores dK * scale,
+// dV, or fp32 partials when the group is split over several CTAs (summed by convert_dq_bwd.cuh).
+// Inputs come from preprocess_bwd.cuh (LSE2, dpsum, zeroed dQacc); convert_dq_bwd.cuh finishes dQ.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/ptx/cp_async.cuh"
+#include "cuda/ptx/ldmatrix.cuh"
+#include "cuda/ptx/math.cuh"
+#include "cuda/ptx/mma.cuh"
+#include "cuda/ptx/atomics_bwd.cuh"
+#include "cuda/sm80/epilogue_bwd.cuh"
+#include "cuda/sm80/gemm_bwd.cuh"
+#include "cuda/sm80/kernel_traits_bwd.cuh"
+#include "cuda/sm80/mod_mask_bwd.cuh"
+#include "cuda/sm80/params_bwd.hpp"
+#include "cuda/sm80/tile_iter_bwd.cuh"
+
+namespace flashflex::sm80 {
+
+// cp.async of a [kRows x kCols] tile from `gmem` (rows row_stride apart; the first `valid_rows`
+// in range, the rest zero-filled) into a swizzled shared tile, by all threads.
+template <class Tr, int kRows, int kCols>
+__device__ __forceinline__ void load_tile(uint32_t smem, const typename Tr::T* gmem, int64_t row_stride,
+                                          int valid_rows, int tid) {
+  constexpr int kChunksPerRow = kCols / 8;
+  constexpr int kRowsPerPass = Tr::kNumThreads / kChunksPerRow;
+  static_assert(kRows % kRowsPerPass == 0, "tile chunks divide evenly over the threads");
+  static_assert(kRowsPerPass % 8 == 0, "a pass keeps the swizzle phase (row % 8)");
+  const int row = tid / kChunksPerRow, col = (tid % kChunksPerRow) * 8;
+  const typename Tr::T* src = gmem + row * row_stride + col;
+  const uint32_t dst = smem + 2u * swizzle<kCols>(row, col);
+#pragma unroll
+  for (int i = 0; i < kRows / kRowsPerPass; ++i) {
+    const bool valid = row + i * kRowsPerPass < valid_rows;
+    ptx::cp_async_16(dst + i * kRowsPerPass * kCols * 2, valid ? src : gmem, valid);
+    src += kRowsPerPass * row_stride;
+  }
+}
+
+// Loads of one step into stage `stage`: Q, dO rows [m0, m0 + kBlockM) of head hq and their LSE2,
+// dpsum (workspace rows are padded to 128, so the statistics need no bounds).
+template <class Tr>
+__device__ __forceinline__ void load_step(const BwdParams& p, uint32_t smem, int stage, int b, const BwdStep& s,
+                                          int tid) {
+  using T = typename Tr::T;
+  const int valid = p.q_len - s.m0;
+  const T* q = static_cast<const T*>(p.q.data) + b * p.q.stride_b + s.hq * p.q.stride_h + s.m0 * p.q.stride_t;
+  const T* dout =
+      static_cast<const T*>(p.dout.data) + b * p.dout.stride_b + s.hq * p.dout.stride_h + s.m0 * p.dout.stride_t;
+  load_tile<Tr, Tr::kBlockM, Tr::kHeadDim>(smem + Tr::kOffQ + stage * Tr::kQBytes, q, p.q.stride_t, valid, tid);
+  load_tile<Tr, Tr::kBlockM, Tr::kHeadDim>(smem + Tr::kOffDo + stage * Tr::kQBytes, dout, p.dout.stride_t, valid,
+                                           tid);
+  const int64_t row = (static_cast<int64_t>(b) * p.q_heads + s.hq) * p.q_len_pad + s.m0;
+  if (tid < Tr::kBlockM) {
+    ptx::cp_async_4(smem + Tr::kOffLse + stage * Tr::kStatBytes + 4 * tid, p.lse2 + row + tid, true);
+  } else if (tid < 2 * Tr::kBlockM) {
+    const int r = tid - Tr::kBlockM;
+    ptx::cp_async_4(smem + Tr::kOffDpsum + stage * Tr::kStatBytes + 4 * r, p.dpsum + row + r, true);
+  }
+}
+
+// An empty asm that "changes" x: what is computed from x cannot be hoisted out of the loop it is
+// in. The main loop derives its per-lane addresses from such a copy of threadIdx.x: recomputing
+// them costs a few integer instructions per step, hoisting them all costs more registers than
+// the loop has.
+__device__ __forceinline__ int opaque(int x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+
+// The kv block of this CTA. Deterministic mode runs kv blocks in reverse, so that a CTA waits only
+// for CTAs of higher kv blocks, which started before it.
+__device__ __forceinline__ int kv_block_of(const BwdParams& p) {
+  return p.deterministic ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+}
+
+template <class Tr, ScoreModKind kMod>
+__global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main_kernel(const BwdParams p) {
+  using T = typename Tr::T;
+  // gemm_bwd.cuh's address arithmetic needs 128-byte aligned tiles: the launch adds kSmemAlign
+  // bytes of slack, used here should the dynamic shared window start unaligned (it does under
+  // some tools).
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem_buf = smem_raw + ((Tr::kSmemAlign - ptx::smem_addr(smem_raw) % Tr::kSmemAlign) % Tr::kSmemAlign);
+  const uint32_t smem = ptx::smem_addr(smem_buf);
+  const float* s_lse = reinterpret_cast<const float*>(smem_buf + Tr::kOffLse);
+  const float* s_dpsum = reinterpret_cast<const float*>(smem_buf + Tr::kOffDpsum);
+  BwdStep* s_steps = reinterpret_cast<BwdStep*>(smem_buf + Tr::kOffSteps);  // [3]
+  QWalkState* s_walk = reinterpret_cast<QWalkState*>(smem_buf + Tr::kOffWalk);
+  static_assert(3 * sizeof(BwdStep) <= Tr::kStepsBytes && sizeof(QWalkState) <= Tr::kWalkBytes, "walk smem");
+
+  constexpr int kCtasPerTile = kTileSize / Tr::kBlockN;
+  const int n_block = kv_block_of(p);
+  const int b = blockIdx.z;
+  const int n0 = n_block * Tr::kBlockN;
+  const int kv_tile = n0 / kTileSize;
+  const int tid = threadIdx.x;
+
+  {  // K, V of this CTA
+    const int kv_head = blockIdx.y / p.splits;
+    const int valid = p.kv_len - n0;
+    const T* k = static_cast<const T*>(p.k.data) + b * p.k.stride_b + kv_head * p.k.stride_h + n0 * p.k.stride_t;
+    const T* v = static_cast<const T*>(p.v.data) + b * p.v.stride_b + kv_head * p.v.stride_h + n0 * p.v.stride_t;
+    load_tile<Tr, Tr::kBlockN, Tr::kHeadDim>(smem + Tr::kOffK, k, p.k.stride_t, valid, tid);
+    load_tile<Tr, Tr::kBlockN, Tr::kHeadDim>(smem + Tr::kOffV, v, p.v.stride_t, valid, tid);
+  }
+  // The walk runs two steps ahead of the compute: step j in slot j % 3. Steps 0 and 1 now.
+  if (tid == 0) {
+    const int kv_head = blockIdx.y / p.splits, split = blockIdx.y % p.splits;
+    QWalk<Tr::kBlockM>::start(*s_walk, kv_head * p.group + split * p.heads_per_cta);
+    QWalk<Tr::kBlockM>::next(*s_walk, p, b, kv_tile, s_steps[0]);
+    if (s_steps[0].valid) {
+      ptx::cp_async_commit();  // the list entry fetched by the first call (with K, V: prologue only)
+      ptx::cp_async_wait<0>();
+      QWalk<Tr::kBlockM>::next(*s_walk, p, b, kv_tile, s_steps[1]);
+    } else {
+      s_steps[1].valid = 0;
+    }
+  }
+  __syncthreads();
+  if (s_steps[0].valid) load_step<Tr>(p, smem, 0, b, s_steps[0], tid);
+  ptx::cp_async_commit();
+
+  float dv_acc[Tr::kKvFragsN][Tr::kKvFragsD][4];
+  float dk_acc[Tr::kKvFragsN][Tr::kKvFragsD][4];
+  zero(dv_acc);
+  zero(dk_acc);
+
+  int stage = 0;
+  for (int slot = 0; s_steps[slot].valid; slot = slot == 2 ? 0 : slot + 1, stage ^= 1) {
+    ptx::cp_async_wait<0>();
+    __syncthreads();  // (A) this step's tiles landed; every warp is done with the previous step
+    const BwdStep& cur = s_steps[slot];
+    const int next_slot = slot == 2 ? 0 : slot + 1, after_slot = next_slot == 2 ? 0 : next_slot + 1;
+    const BwdStep& nxt = s_steps[next_slot];
+    // Prefetch the next step into the other stage (last read by the previous step, before (A)).
+    if (nxt.valid) load_step<Tr>(p, smem, stage ^ 1, b, nxt, tid);
+    ptx::cp_async_commit();
+    const int tid_v = opaque(tid);
+    const int lane = tid_v & 31, warp = tid_v >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    // Warp tiles of the three GEMM shapes.
+    const int sdp_row0 = (warp / Tr::kWarpsSdpN) * Tr::kSdpTileM, sdp_col0 = (warp % Tr::kWarpsSdpN) * Tr::kSdpTileN;
+    const int kv_row0 = (warp / Tr::kWarpsKvD) * Tr::kKvTileN, kv_col0 = (warp % Tr::kWarpsKvD) * Tr::kKvTileD;
+    const int dq_row0 = (warp / Tr::kWarpsDqD) * Tr::kDqTileM, dq_col0 = (warp % Tr::kWarpsDqD) * Tr::kDqTileD;
+    const uint32_t stage_off = stage * Tr::kQBytes;
+    constexpr uint32_t kDoFromQ = Tr::kOffDo - Tr::kOffQ;
+    const float* lse2 = s_lse + stage * Tr::kBlockM;
+    const float* dpsum = s_dpsum + stage * Tr::kBlockM;
+
+    // ---- S = Q K^T, dP = dO V^T; P and dS into shared memory ---------------------------------
+    {
+      float s_acc[Tr::kSdpFragsM][Tr::kSdpFragsN][4];
+      float dp_acc[Tr::kSdpFragsM][Tr::kSdpFragsN][4];
+      zero(s_acc);
+      // ldmatrix bases (gemm_bwd.cuh): dO = Q + kDoFromQ, V = K + kKBytes.
+      const uint32_t sdp_a = a_base<Tr::kHeadDim>(smem + Tr::kOffQ + stage_off, lane, sdp_row0);
+      const uint32_t sdp_b = bt_base<Tr::kHeadDim>(smem + Tr::kOffK, lane, sdp_col0);
+      gemm_abt<T, Tr::kSdpFragsM, Tr::kSdpFragsN, Tr::kHeadDim, Tr::kHeadDim, Tr::kHeadDim>(s_acc, sdp_a, sdp_b);
+      zero(dp_acc);
+      gemm_abt<T, Tr::kSdpFragsM, Tr::kSdpFragsN, Tr::kHeadDim, Tr::kHeadDim, Tr::kHeadDim>(
+          dp_acc, sdp_a + kDoFromQ, sdp_b + Tr::kKBytes);
+
+      const int m0 = cur.m0, hq = cur.hq;
+      const uint32_t vis = StepVisibility<Tr>::compute(p, cur.partial, cur.mask_bh, cur.q_tile, kv_tile, m0, n0,
+                                                       sdp_row0, sdp_col0, lane);
+      const BwdScoreMod<kMod> mod(p, b, hq);
+      float* dbias = nullptr;  // this head's [Q_LEN, KV_LEN] slice of the fp32 dbias accumulator
+      if (kMod == ScoreModKind::kBias && p.dbias_accum != nullptr) {
+        const int bb = p.bias_batch == 1 ? 0 : b, hb = p.bias_heads == 1 ? 0 : hq;
+        dbias = p.dbias_accum + (static_cast<int64_t>(bb) * p.bias_heads + hb) * p.q_len * int64_t(p.kv_len);
+      }
+      // Byte offset of this thread's first P element; the others are (base ^ ni * 16) + rows: the
+      // warp's kSdpFragsN chunks start at a multiple of kSdpFragsN, so ni only flips chunk bits.
+      static_assert((Tr::kSdpFragsN & (Tr::kSdpFragsN - 1)) == 0, "n8 tiles per warp: a power of 2");
+      const uint32_t p_base = 2u * swizzle<Tr::kBlockN>(sdp_row0 + g, sdp_col0 + 2 * t);
+      unsigned char* s_p = smem_buf + Tr::kOffP;
+      unsigned char* s_ds = smem_buf + Tr::kOffDs;
+#pragma unroll
+      for (int mi = 0; mi < Tr::kSdpFragsM; ++mi) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = sdp_row0 + mi * 16 + g + h * 8;
+          const float row_lse2 = lse2[row], row_dpsum = dpsum[row];
+#pragma unroll
+          for (int ni = 0; ni < Tr::kSdpFragsN; ++ni) {
+            const int col = sdp_col0 + ni * 8 + 2 * t;
+            float pv[2], dsv[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int idx = (mi * Tr::kSdpFragsN + ni) * 4 + h * 2 + e;
+              float dmod;
+              const float logit2 = mod.logit2(s_acc[mi][ni][h * 2 + e], m0 + row, n0 + col + e, dmod);
+              const bool visible = (vis >> idx) & 1u;
+              const float pe = visible ? ptx::exp2_approx(logit2 - row_lse2) : 0.f;
+              const float ds = pe * (dp_acc[mi][ni][h * 2 + e] - row_dpsum);
+              if (kMod == ScoreModKind::kBias && dbias != nullptr && visible) {
+                atomicAdd(dbias + int64_t(m0 + row) * p.kv_len + (n0 + col + e), ds);
+              }
+              pv[e] = pe;
+              dsv[e] = ds * dmod;
+            }
+            const uint32_t off = (p_base ^ (ni * 16)) + (mi * 16 + h * 8) * Tr::kBlockN * 2;
+            *reinterpret_cast<uint32_t*>(s_p + off) = ptx::pack2<T>(pv[0], pv[1]);
+            *reinterpret_cast<uint32_t*>(s_ds + off) = ptx::pack2<T>(dsv[0], dsv[1]);
+          }
+        }
+      }
+    }
+    // The walk's step after next, into the slot of the previous step (its readers finished before (A)).
+    if (tid == 0) {
+      if (nxt.valid) {
+        QWalk<Tr::kBlockM>::next(*s_walk, p, b, kv_tile, s_steps[after_slot]);
+        ptx::cp_async_commit();  // its list fetch: complete at the next (A), before the next call
+      } else {
+        s_steps[after_slot].valid = 0;
+      }
+    }
+    __syncthreads();  // (B) P, dS and the walk's new step visible to every warp
+
+    // ---- dV += P^T dO, dK += dS^T Q ------------------------------------------------------------
+    {
+      // ldmatrix bases: P^T per 16 kv rows (dS = P + kPBytes), dO per 16 columns (Q = dO - kDoFromQ).
+      uint32_t kv_a[Tr::kKvFragsN], kv_b[Tr::kKvFragsD / 2];
+#pragma unroll
+      for (int mi = 0; mi < Tr::kKvFragsN; ++mi)
+        kv_a[mi] = at_base<Tr::kBlockN>(smem + Tr::kOffP, lane, kv_row0 + mi * 16);
+#pragma unroll
+      for (int np = 0; np < Tr::kKvFragsD / 2; ++np)
+        kv_b[np] = b_base<Tr::kHeadDim>(smem + Tr::kOffQ + stage_off, lane, kv_col0 + np * 16);
+    gemm_atb<T, Tr::kKvFragsN, Tr::kKvFragsD, Tr::kBlockM, Tr::kBlockN, Tr::kHeadDim>(
+        dv_acc, kv_a, 0, kv_b, kDoFromQ);
+    gemm_atb<T, Tr::kKvFragsN, Tr::kKvFragsD, Tr::kBlockM, Tr::kBlockN, Tr::kHeadDim>(
+        dk_acc, kv_a, Tr::kPBytes, kv_b, 0);
+    }
+
+    // ---- dQacc += dS K --------------------------------------------------------------------------
+    {
+      float dq_acc[Tr::kDqFragsM][Tr::kDqFragsD][4];
+      zero(dq_acc);
+      const uint32_t dq_a = a_base<Tr::kBlockN>(smem + Tr::kOffDs, lane, dq_row0);
+      uint32_t dq_b[Tr::kDqFragsD / 2];
+#pragma unroll
+      for (int np = 0; np < Tr::kDqFragsD / 2; ++np)
+        dq_b[np] = b_base<Tr::kHeadDim>(smem + Tr::kOffK, lane, dq_col0 + np * 16);
+      gemm_ab<T, Tr::kDqFragsM, Tr::kDqFragsD, Tr::kBlockN, Tr::kBlockN, Tr::kHeadDim>(dq_acc, dq_a, dq_b, 0);
+
+      const int hq = cur.hq, q_tile = cur.q_tile;
+      int32_t* sem = nullptr;
+      int rank = 0;
+      if (p.deterministic) {  // wait for the CTAs of higher kv blocks that add into this q tile
+        sem = p.dq_semaphore + (static_cast<int64_t>(b) * p.q_heads + hq) * p.num_q_tiles + q_tile;
+        if (p.mask.present) {
+          // CTAs of this kv tile: kCtasPerTile, fewer only in the last tile.
+          const int keys = min(kTileSize, p.kv_len - kv_tile * kTileSize);
+          const int ctas_in_tile = kCtasPerTile == 1 ? 1 : (keys + Tr::kBlockN - 1) / Tr::kBlockN;
+          rank = __ldg(p.dq_rank + (static_cast<int64_t>(cur.mask_bh) * p.num_kv_tiles + kv_tile) * p.num_q_tiles +
+                       q_tile) +
+                 ctas_in_tile - 1 - kv_block_of(p) % kCtasPerTile;
+        } else {
+          rank = gridDim.x - 1 - kv_block_of(p);
+        }
+        if (tid == 0) {
+          while (ptx::ld_acquire_gpu(sem) != rank) {
+          }
+        }
+        __syncthreads();
+      }
+      float* dq = p.dq_accum + ((static_cast<int64_t>(b) * p.q_heads + hq) * p.q_len_pad + cur.m0) * Tr::kHeadDim;
+#pragma unroll
+      for (int mi = 0; mi < Tr::kDqFragsM; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* row = dq + (dq_row0 + mi * 16 + g + h * 8) * Tr::kHeadDim + dq_col0 + 2 * t;
+#pragma unroll
+          for (int ni = 0; ni < Tr::kDqFragsD; ++ni) {
+            ptx::red_add_f32x2(row + ni * 8, dq_acc[mi][ni][h * 2], dq_acc[mi][ni][h * 2 + 1]);
+          }
+        }
+      if (p.deterministic && (!nxt.valid || nxt.hq != hq || nxt.q_tile != q_tile)) {
+        __threadfence();  // publish: the next kv tile may add into this q tile
+        __syncthreads();
+        if (tid == 0) atomicExch(sem, rank + 1);
+      }
+    }
+  }
+
+  store_dkv<Tr>(p, smem_buf, dk_acc, dv_acc, b, blockIdx.y / p.splits, blockIdx.y % p.splits, n0, tid);
+}
+
+}  // namespace flashflex::sm80

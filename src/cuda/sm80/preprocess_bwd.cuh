@@ -1,0 +1,118 @@
+// Preprocess kernels of the sm80 backward, run before mainloop_bwd.cuh:
+//   bwd_preprocess_kernel: per query row, dpsum = rowsum(dO * O) - dlse (the D of KERNEL_NOTES
+//     section 3, minus the lse gradient: dS = P (dP - D + dlse)) and LSE2 = LSE * log2(e), with
+//     LSE = -inf (a fully masked row) mapped to 0 so that exp2(-inf - LSE2) stays 0, never NaN.
+//     Rows past Q_LEN (padding to 128) get 0.
+//   bwd_rank_mark_kernel / bwd_rank_scan_kernel (deterministic mode with a block mask): for each
+//     (mask batch-head, q tile m, kv tile n listing m) the number of CTAs of the kv tiles above n
+//     that list m: the CTAs add into dQ in descending kv order (mainloop_bwd.cuh).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "cuda/score_mod.cuh"
+#include "cuda/sm80/params_bwd.hpp"
+#include "flashflex/block_mask.hpp"
+
+namespace flashflex::sm80 {
+
+inline constexpr int kPreprocessThreads = 256;
+
+// Unpacks 8 16-bit values.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]);
+
+template <>
+__device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& v, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 x = __bfloat1622float2(h[i]);
+    f[2 * i] = x.x;
+    f[2 * i + 1] = x.y;
+  }
+}
+
+template <>
+__device__ __forceinline__ void unpack8<__half>(const uint4& v, float (&f)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 x = __half22float2(h[i]);
+    f[2 * i] = x.x;
+    f[2 * i + 1] = x.y;
+  }
+}
+
+// One row per kHeadDim / 8 consecutive threads (16 bytes of dO and O each); grid covers
+// B * Hq * q_len_pad rows.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kPreprocessThreads) bwd_preprocess_kernel(const BwdParams p) {
+  constexpr int kThreadsPerRow = kHeadDim / 8;
+  constexpr int kRowsPerBlock = kPreprocessThreads / kThreadsPerRow;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kThreadsPerRow;
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.q_heads * p.q_len_pad;
+  const bool in_grid = row < rows;  // no early return: every lane takes part in the shuffles
+  const int part = threadIdx.x % kThreadsPerRow;
+  const int t = static_cast<int>(row % p.q_len_pad);
+  const int bh = static_cast<int>(row / p.q_len_pad);
+  const int b = bh / p.q_heads, h = bh % p.q_heads;
+  const bool valid = in_grid && t < p.q_len;
+  float dot = 0.f;
+  if (valid) {
+    const T* o = static_cast<const T*>(p.out.data) + b * p.out.stride_b + h * p.out.stride_h + t * p.out.stride_t;
+    const T* d = static_cast<const T*>(p.dout.data) + b * p.dout.stride_b + h * p.dout.stride_h + t * p.dout.stride_t;
+    float fo[8], fd[8];
+    unpack8<T>(*reinterpret_cast<const uint4*>(o + part * 8), fo);
+    unpack8<T>(*reinterpret_cast<const uint4*>(d + part * 8), fd);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dot += fo[i] * fd[i];
+  }
+#pragma unroll
+  for (int off = kThreadsPerRow / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+  if (!in_grid || part != 0) return;
+  float lse2 = 0.f, dpsum = 0.f;
+  if (valid) {
+    const float lse = p.lse[b * p.lse_stride_b + h * p.lse_stride_h + t * p.lse_stride_t];
+    lse2 = lse == -INFINITY ? 0.f : lse * cuda::kLog2e;
+    dpsum = dot;
+    if (p.dlse != nullptr) dpsum -= p.dlse[b * p.dlse_stride_b + h * p.dlse_stride_h + t * p.dlse_stride_t];
+  }
+  p.lse2[row] = lse2;
+  p.dpsum[row] = dpsum;
+}
+
+// rank[bh, n, m] = 1 where kv tile n lists q tile m (partial or full); rank starts zeroed.
+// Grid (num_kv_tiles, mask batch * heads).
+__global__ void bwd_rank_mark_kernel(const BwdParams p) {
+  const int n = blockIdx.x, bh = blockIdx.y;
+  const int64_t row = static_cast<int64_t>(bh) * p.num_kv_tiles + n;
+  int32_t* rank = p.dq_rank + row * p.num_q_tiles;
+  const int partial = p.mask.q_num_blocks[row], full = p.mask.full_q_num_blocks[row];
+  for (int i = threadIdx.x; i < partial; i += blockDim.x) rank[p.mask.q_indices[row * p.num_q_tiles + i]] = 1;
+  for (int i = threadIdx.x; i < full; i += blockDim.x) rank[p.mask.full_q_indices[row * p.num_q_tiles + i]] = 1;
+}
+
+// rank[bh, n, m] = CTAs of the kv tiles n' > n that list m (read only where n lists m); a tile
+// has 128 / block_n CTAs, the last one possibly fewer. One thread per (bh, m).
+__global__ void bwd_rank_scan_kernel(const BwdParams p) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t total = static_cast<int64_t>(p.mask.batch) * p.mask.heads * p.num_q_tiles;
+  if (i >= total) return;
+  const int64_t bh = i / p.num_q_tiles, m = i % p.num_q_tiles;
+  int32_t* col = p.dq_rank + bh * p.num_kv_tiles * p.num_q_tiles + m;
+  int32_t count = 0;
+  for (int n = p.num_kv_tiles - 1; n >= 0; --n) {
+    int32_t* r = col + static_cast<int64_t>(n) * p.num_q_tiles;
+    if (*r != 0) {
+      *r = count;
+      const int keys = min(kTileSize, p.kv_len - n * kTileSize);
+      count += (keys + p.block_n - 1) / p.block_n;
+    }
+  }
+}
+
+}  // namespace flashflex::sm80

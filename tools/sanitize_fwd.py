@@ -1,0 +1,50 @@
+"""Small CUDA forward cases for compute-sanitizer (memcheck, racecheck), run by
+tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
+and empty tiles, every score mod, lse. Asserts only that outputs are finite where rows see keys;
+correctness is tests/python/test_cuda_forward.py's job.
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 tools/sanitize_fwd.py
+"""
+
+import torch
+
+import flashflex
+from flashflex import masks, score_mods
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    cases = 0
+    for dtype in (torch.bfloat16, torch.float16):
+        for head_dim in (64, 128, 256):
+            q_len, kv_len, hq, hkv = 203, 141, 4, 2
+            q = (torch.randn(2, hq, q_len, head_dim, device="cuda") * 1.5).to(dtype)
+            k = (torch.randn(2, hkv, kv_len, head_dim, device="cuda") * 1.5).to(dtype)
+            v = (torch.randn(2, hkv, kv_len, head_dim, device="cuda") * 1.5).to(dtype)
+            block_masks = [
+                None,
+                flashflex.create_block_mask(masks.causal(kv_len - q_len - 70), None, None, q_len, kv_len,
+                                            device="cuda"),
+                flashflex.create_block_mask(masks.sliding_window(40, 90), 2, None, q_len, kv_len, device="cuda"),
+            ]
+            mods = [None, score_mods.softcap(4.0), score_mods.alibi(torch.rand(hq, device="cuda")),
+                    score_mods.bias(torch.randn(1, hq, q_len, kv_len, device="cuda", dtype=dtype))]
+            for i, block_mask in enumerate(block_masks):
+                for mod in mods if i == 1 else mods[:1]:
+                    out, lse = flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
+                                                        return_lse=True)
+                    torch.cuda.synchronize()
+                    seen = torch.isfinite(lse)
+                    assert torch.isfinite(out[seen]).all(), (dtype, head_dim, i, mod)
+                    cases += 1
+    # [B, T, H, D] layout.
+    q = torch.randn(1, 130, 4, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    kv = torch.randn(1, 77, 4, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    out = flashflex.flex_attention(q, kv, kv)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
+    print(f"sanitize_fwd: {cases + 1} forward calls ran")
+
+
+if __name__ == "__main__":
+    main()
