@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "flashflex/eagle3.hpp"
+#include "expect_error.hpp"
 
 namespace ff = flashflex;
 
@@ -17,17 +18,6 @@ namespace {
 
 constexpr auto kInvalid = ff::ErrorKind::kInvalidArgument;
 constexpr auto kUnsupported = ff::ErrorKind::kUnsupported;
-
-void expect_error(const std::function<void()>& call, ff::ErrorKind kind, const std::string& message) {
-  try {
-    call();
-  } catch (const ff::Error& e) {
-    EXPECT_EQ(e.what(), message);
-    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind));
-    return;
-  }
-  ADD_FAILURE() << "expected flashflex::Error: " << message;
-}
 
 // B=2, Hq=4, Hkv=2, T=5, D=64, 3 blocks (step 2), float32, contiguous, lengths int64 {5, 3}.
 class Eagle3Validation : public ::testing::Test {

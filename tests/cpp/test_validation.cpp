@@ -10,21 +10,11 @@
 
 #include "flashflex/attention.hpp"
 #include "flashflex/mask.hpp"
+#include "expect_error.hpp"
 
 namespace ff = flashflex;
 
 namespace {
-
-void expect_error(const std::function<void()>& call, ff::ErrorKind kind, const std::string& message) {
-  try {
-    call();
-  } catch (const ff::Error& e) {
-    EXPECT_EQ(e.what(), message);
-    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind));
-    return;
-  }
-  ADD_FAILURE() << "expected flashflex::Error: " << message;
-}
 
 // B=2, Hq=4, Hkv=2, Q_LEN=5, KV_LEN=7, D=64, float32, contiguous.
 class Validation : public ::testing::Test {
