@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command for the device machine (tools in /work/.library/device): builds and installs the
-# package with every core (pip install ., CUDA arch $ARCH, default 90), then runs the whole pytest
+# One command for a GPU machine: builds and installs the package with every core (pip install .,
+# CUDA arch $ARCH, default 90), then runs the whole pytest
 # suite (GPU tests against float64 references, and the CPU path), compute-sanitizer memcheck and
 # racecheck on small forward and backward cases, the forward tile-shape sweep
 # (bench/fwd_variants.cu) and the benchmarks (bench/run.py forward, bench/run_backward.py). Logs go
