@@ -72,6 +72,7 @@ if wants bench; then
   run_step bench 300 "$OUT/bench.log" python3 bench/run.py --out "$OUT/bench.md" \
     --cases "${BENCH_CASES:-$DEFAULT_BENCH_CASES}"
   cat "$OUT/bench.md" >>"$SUMMARY" 2>/dev/null
+  python3 bench/plot.py "$OUT/bench.md" "$OUT/bench.png" || note "plot failed (matplotlib missing?)"
   run_step bench-bwd 300 "$OUT/bench_bwd.log" python3 bench/run_backward.py --reps 10 --deterministic
   tail -12 "$OUT/bench_bwd.log" >>"$SUMMARY"
 fi
