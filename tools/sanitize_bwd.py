@@ -1,0 +1,53 @@
+"""Small CUDA backward cases for compute-sanitizer (memcheck, racecheck), run by
+tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
+and empty tiles, every score mod (the bias with its gradient), a loss through lse, deterministic
+mode. Asserts only that gradients are finite; correctness is tests/python/test_cuda_backward.py's
+job.
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck python3 tools/sanitize_bwd.py
+"""
+
+import torch
+
+import flashflex
+from flashflex import masks, score_mods
+
+
+def run_case(q, k, v, block_mask, mod, deterministic) -> None:
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out, lse = flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
+                                        return_lse=True, kernel_options={"deterministic": deterministic})
+    finite_lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    (out.float().square().sum() + finite_lse.sum()).backward()
+    torch.cuda.synchronize()
+    for name, t in (("dq", q), ("dk", k), ("dv", v)):
+        assert torch.isfinite(t.grad).all(), (name, q.dtype, q.shape[-1], deterministic)
+    if mod is not None and mod.name == "bias" and mod.tensor.requires_grad:
+        assert torch.isfinite(mod.tensor.grad).all()
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    calls = 0
+    for dtype in (torch.bfloat16, torch.float16):
+        for head_dim in (64, 128, 256):
+            q_len, kv_len, hq, hkv = 203, 141, 4, 2
+            # Built on the CPU and moved: the device then runs nothing but copies and flashflex.
+            q = (torch.randn(2, hq, q_len, head_dim) * 1.5).to(dtype).cuda()
+            k = (torch.randn(2, hkv, kv_len, head_dim) * 1.5).to(dtype).cuda()
+            v = (torch.randn(2, hkv, kv_len, head_dim) * 1.5).to(dtype).cuda()
+            causal = flashflex.create_block_mask(masks.causal(kv_len - q_len - 70), None, None, q_len, kv_len,
+                                                 device="cuda")
+            window = flashflex.create_block_mask(masks.sliding_window(40, 90), 2, None, q_len, kv_len, device="cuda")
+            bias = (torch.randn(1, hq, q_len, kv_len) * 0.5).to(dtype).cuda().requires_grad_()
+            mods = [None, score_mods.softcap(4.0), score_mods.alibi(torch.rand(hq).cuda()), score_mods.bias(bias)]
+            run_case(q, k, v, None, None, False)
+            run_case(q, k, v, window, None, True)
+            for mod in mods:
+                run_case(q, k, v, causal, mod, False)
+            calls += 2 + len(mods)
+    print(f"sanitize_bwd: {calls} backward calls ran")
+
+
+if __name__ == "__main__":
+    main()
