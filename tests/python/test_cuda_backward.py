@@ -269,7 +269,7 @@ def test_bias_and_dbias(bias_batch, bias_heads, bias_dtype, gen):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_gradient_through_lse(head_dim, gen):
-    batch, hq, q_len, kv_len = 2, 4, 257, 300
+    batch, hq = 2, 4
     case = build_case("padding", batch, gen)  # rows past q_lengths see nothing: their dlse must not leak
     bm = builtin_block_mask(case.builtin(flashflex.masks), batch, None, case.q_len, case.kv_len)
     check(Problem(gen, batch, hq, 2, case.q_len, case.kv_len, head_dim, torch.bfloat16,
