@@ -3,7 +3,8 @@
 # CUDA arch $ARCH, default 90), then runs the whole pytest
 # suite (GPU tests against float64 references, and the CPU path), compute-sanitizer memcheck and
 # racecheck on small forward and backward cases, the forward tile-shape sweep
-# (bench/fwd_variants.cu) and the benchmarks (bench/run.py forward, bench/run_backward.py). Logs go
+# (bench/fwd_variants.cu) and the benchmarks (bench/run.py forward and EAGLE3 TTT unroll,
+# bench/run_backward.py; bench/eagle3_unroll.py against torch flex static / dynamic). Logs go
 # to $OUT (default build/device-check); summary.txt holds one line per step and the tables.
 #
 #   tools/device_check.sh                 # everything
@@ -14,9 +15,10 @@ OUT=${OUT:-$PWD/build/device-check}
 mkdir -p "$OUT"
 JOBS=$(nproc)
 ARCH=${ARCH:-90}
-STEPS=${STEPS:-"build variants tests sanitizer bench"}
+STEPS=${STEPS:-"build variants tests sanitizer bench eagle3"}
 export PYTHONUNBUFFERED=1
-DEFAULT_BENCH_CASES=causal_8k,causal_16k,causal_16k_d64,causal_16k_d256,document_8x2048,sliding_window_2048_16k
+DEFAULT_BENCH_CASES=causal_8k,causal_16k,causal_16k_d64,causal_16k_d256,document_8x2048,sliding_window_2048_16k,\
+eagle3_ttt_2k,eagle3_ttt_8k,eagle3_ttt_16k
 SUMMARY=$OUT/summary.txt
 
 note() { echo "== $*" | tee -a "$SUMMARY"; }
@@ -65,15 +67,28 @@ if wants sanitizer; then
       --tool "$tool" --kernel-name kns=bwd_ --error-exitcode 3 python3 tools/sanitize_bwd.py
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Internal Sanitizer Error|sanitize_bwd:" "$OUT/sanitizer_bwd.log" |
       tail -3 >>"$SUMMARY"
+    # EAGLE3: the device mask build, the row-local forward, block 0's backward and the row pass.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step "$tool-eagle3" 300 "$OUT/sanitizer_eagle3.log" compute-sanitizer \
+      --tool "$tool" --error-exitcode 3 python3 tools/sanitize_eagle3.py
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Internal Sanitizer Error|sanitize_eagle3:" \
+      "$OUT/sanitizer_eagle3.log" | tail -3 >>"$SUMMARY"
   done
 fi
 
 if wants bench; then
-  run_step bench 300 "$OUT/bench.log" python3 bench/run.py --out "$OUT/bench.md" \
+  # 540 s: the three EAGLE3 unroll cases add torch flex compiles (per step until shapes go dynamic)
+  run_step bench 540 "$OUT/bench.log" python3 bench/run.py --out "$OUT/bench.md" \
     --cases "${BENCH_CASES:-$DEFAULT_BENCH_CASES}"
   cat "$OUT/bench.md" >>"$SUMMARY" 2>/dev/null
-  python3 bench/plot.py "$OUT/bench.md" "$OUT/bench.png" || note "plot failed (matplotlib missing?)"
+  [[ -f "$OUT/bench.png" ]] || note "plot not written (matplotlib missing? see bench.log)"
   run_step bench-bwd 300 "$OUT/bench_bwd.log" python3 bench/run_backward.py --reps 10 --deterministic
   tail -12 "$OUT/bench_bwd.log" >>"$SUMMARY"
+fi
+if wants eagle3; then
+  # The script keeps itself within --budget-s (workers killed past their share); the timeout is
+  # a backstop. Table and PNG: $OUT/eagle3_unroll.{md,png}.
+  run_step eagle3 420 "$OUT/eagle3.log" python3 bench/eagle3_unroll.py --budget-s "${EAGLE3_BUDGET_S:-300}" \
+    --out "$OUT/eagle3_unroll.md"
+  cat "$OUT/eagle3_unroll.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/eagle3.log" >>"$SUMMARY"
 fi
 cat "$SUMMARY"

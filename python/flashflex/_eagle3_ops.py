@@ -24,12 +24,21 @@ def _empty_lse(q: Tensor) -> Tensor:
     return q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
+def _workspace(num_bytes: int, device: torch.device) -> Optional[Tensor]:
+    # torch's caching allocator makes this free after the first call of a size.
+    return torch.empty(num_bytes, dtype=torch.uint8, device=device) if num_bytes else None
+
+
 @torch.library.custom_op("flashflex::eagle3_fwd", mutates_args=())
 def eagle3_forward(q: Tensor, k_blocks: List[Tensor], v_blocks: List[Tensor], seq_lengths: Optional[Tensor],
                    scale: float) -> Tuple[Tensor, Tensor]:
     out, lse = _empty_out(q), _empty_lse(q)
-    _C.eagle3_forward(tensor_ref(q), [tensor_ref(k) for k in k_blocks], [tensor_ref(v) for v in v_blocks],
-                      tensor_ref(seq_lengths), tensor_ref(out), tensor_ref(lse), scale, stream_of(q))
+    args = (tensor_ref(q), [tensor_ref(k) for k in k_blocks], [tensor_ref(v) for v in v_blocks],
+            tensor_ref(seq_lengths), tensor_ref(out), tensor_ref(lse), scale)
+    # CUDA: the causal BlockMask of block 0 is built on the device into this scratch, every call.
+    workspace_bytes = _C.eagle3_forward_workspace_size(*args)
+    workspace = _workspace(workspace_bytes, q.device)
+    _C.eagle3_forward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
     return out, lse
 
 
@@ -52,7 +61,7 @@ def eagle3_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k_blocks: L
             tensor_ref(seq_lengths), tensor_ref(out), tensor_ref(dout), tensor_ref(lse), tensor_ref(dlse),
             tensor_ref(dq), [tensor_ref(t) for t in dk_blocks], [tensor_ref(t) for t in dv_blocks], scale, False)
     workspace_bytes = _C.eagle3_backward_workspace_size(*args)
-    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
+    workspace = _workspace(workspace_bytes, q.device)
     _C.eagle3_backward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
     return [dq, *dk_blocks, *dv_blocks]
 

@@ -104,6 +104,30 @@ class BlockMask:
         mask = cls((native.q_len, native.kv_len), *arrays, mask_mod=mask_mod)
         return mask.to(device)
 
+    @classmethod
+    def _build_cuda(cls, mask: Mask, batch: int, heads: int, q_len: int, kv_len: int,
+                    device: torch.device) -> "BlockMask":
+        """The GPU builder: one uint8 buffer on `device`, built on torch's current stream; the
+        BlockMask's tensors are views into it. bitmaps holds room for an upper bound of partial
+        tiles; ids past the true count are unused (no list refers to them)."""
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        device = torch.device("cuda", index)
+        num_bytes, b, h, capacity = _C.block_mask_cuda_size(mask._native, batch, heads, q_len, kv_len)
+        buffer = torch.empty(max(num_bytes, 1), dtype=torch.uint8, device=device)
+        base = buffer.data_ptr()
+        pointers = _C.build_block_mask_cuda(mask._native, batch, heads, q_len, kv_len, base, num_bytes, index,
+                                            torch.cuda.current_stream(device).cuda_stream)
+        mq, nk = _num_tiles(q_len), _num_tiles(kv_len)
+        shapes = [(b, h, mq), (b, h, mq, nk)] * 2 + [(b, h, nk), (b, h, nk, mq)] * 2 + [(b, h, mq, nk)]
+        shapes.append((capacity, TILE, _WORDS_PER_ROW))
+        arrays = []
+        for pointer, shape in zip(pointers, shapes):
+            offset, numel = pointer - base, 1
+            for size in shape:
+                numel *= size
+            arrays.append(buffer[offset:offset + 4 * numel].view(torch.int32).view(shape))
+        return cls((q_len, kv_len), *arrays, mask_mod=mask)
+
     # ---- what the binding reads --------------------------------------------------------
 
     def _native_args(self) -> Tuple:
@@ -220,7 +244,8 @@ class BlockMask:
 def create_block_mask(mask_mod, B: Optional[int], H: Optional[int], Q_LEN: int, KV_LEN: int,
                       device="cpu") -> BlockMask:
     """A BlockMask for `mask_mod`: a flashflex.masks.Mask goes through the C++ builders (no dense
-    evaluation); any other torch-style mask_mod (b, h, q_idx, kv_idx) -> bool goes through torch's
+    evaluation; on a CUDA device the GPU builder, on torch's current stream, with bitmaps room for an
+    upper bound of partial tiles, CUDA-graph capturable for masks without per-sample data); any other torch-style mask_mod (b, h, q_idx, kv_idx) -> bool goes through torch's
     create_block_mask, and its partial tiles are then evaluated once more for their bitmaps.
     B or H = None builds a mask shared by every sample / head."""
     batch = 1 if B is None else int(B)
@@ -229,6 +254,9 @@ def create_block_mask(mask_mod, B: Optional[int], H: Optional[int], Q_LEN: int, 
         build_batch = batch
         if mask_mod.batch == 1 and batch > 1:
             build_batch = 1  # one sample's data, shared by every sample
+        target = torch.device(device)
+        if target.type == "cuda" and _C.has_cuda_backend():
+            return BlockMask._build_cuda(mask_mod, build_batch, heads, int(Q_LEN), int(KV_LEN), target)
         native = _C.build_block_mask(mask_mod._native, build_batch, heads, int(Q_LEN), int(KV_LEN))
         return BlockMask._from_native(native, mask_mod, device)
     if not callable(mask_mod):

@@ -1,5 +1,5 @@
-// The EAGLE3 functions of flashflex._C: eagle3_forward, eagle3_backward and
-// eagle3_backward_workspace_size over flashflex/eagle3.hpp. Tensors arrive in binding.cpp's
+// The EAGLE3 functions of flashflex._C: eagle3_forward, eagle3_backward and their
+// *_workspace_size over flashflex/eagle3.hpp. Tensors arrive in binding.cpp's
 // convention, (data_ptr, dtype code, device type, device index, sizes, strides), block lists as
 // lists of such tuples; flashflex::Error kinds are mapped to Python exceptions by the translator
 // that binding.cpp registers for the whole module. Called from PYBIND11_MODULE in binding.cpp.
@@ -30,9 +30,9 @@ std::vector<ff::TensorRef> to_refs(const TensorList& list) {
   return refs;
 }
 
-void eagle3_forward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
-                    const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
-                    const std::optional<TensorTuple>& lse, std::optional<double> scale, std::uintptr_t stream) {
+ff::Eagle3ForwardArgs forward_args(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
+                                   const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
+                                   const std::optional<TensorTuple>& lse, std::optional<double> scale) {
   ff::Eagle3ForwardArgs a;
   a.q = to_ref(q);
   a.k_blocks = to_refs(k_blocks);
@@ -41,8 +41,24 @@ void eagle3_forward(const TensorTuple& q, const TensorList& k_blocks, const Tens
   a.out = to_ref(out);
   a.lse = to_ref(lse);
   a.scale = scale;
+  return a;
+}
+
+std::size_t eagle3_forward_workspace_size(const TensorTuple& q, const TensorList& k_blocks,
+                                          const TensorList& v_blocks, const std::optional<TensorTuple>& seq_lengths,
+                                          const TensorTuple& out, const std::optional<TensorTuple>& lse,
+                                          std::optional<double> scale) {
+  return ff::workspace_size(forward_args(q, k_blocks, v_blocks, seq_lengths, out, lse, scale));
+}
+
+void eagle3_forward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
+                    const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
+                    const std::optional<TensorTuple>& lse, std::optional<double> scale, std::uintptr_t workspace,
+                    std::size_t workspace_bytes, std::uintptr_t stream) {
+  const ff::Eagle3ForwardArgs a = forward_args(q, k_blocks, v_blocks, seq_lengths, out, lse, scale);
   py::gil_scoped_release release;
-  ff::eagle3_forward(a, {}, reinterpret_cast<void*>(stream));
+  ff::eagle3_forward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
+                     reinterpret_cast<void*>(stream));
 }
 
 ff::Eagle3BackwardArgs backward_args(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
@@ -94,7 +110,10 @@ void eagle3_backward(const TensorTuple& q, const TensorList& k_blocks, const Ten
 
 void bind_eagle3(py::module_& mod) {
   mod.def("eagle3_forward", &eagle3_forward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
-          py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"), py::arg("stream"));
+          py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"), py::arg("workspace"),
+          py::arg("workspace_bytes"), py::arg("stream"));
+  mod.def("eagle3_forward_workspace_size", &eagle3_forward_workspace_size, py::arg("q"), py::arg("k_blocks"),
+          py::arg("v_blocks"), py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"));
   mod.def("eagle3_backward", &eagle3_backward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
           py::arg("seq_lengths"), py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dlse"), py::arg("dq"),
           py::arg("dk_blocks"), py::arg("dv_blocks"), py::arg("scale"), py::arg("deterministic"),

@@ -162,6 +162,7 @@ void copy_block_mask(const ff::HostBlockMask& m, const std::vector<std::uintptr_
 }  // namespace
 
 void bind_eagle3(py::module_& mod);  // bind_eagle3.cpp
+void bind_block_mask_cuda(py::module_& mod);  // bind_block_mask_cuda.cpp
 
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "flashflex native core (torch-free binding)";
@@ -193,6 +194,7 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("deterministic"));
   mod.def("has_cuda_backend", &ff::has_cuda_backend);
   bind_eagle3(mod);
+  bind_block_mask_cuda(mod);
 
   py::class_<ff::Mask>(mod, "Mask")
       .def_static("causal", &ff::Mask::causal, py::arg("offset") = 0)

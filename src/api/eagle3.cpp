@@ -1,42 +1,72 @@
 // EAGLE3 entry points (include/flashflex/eagle3.hpp): validate (validate_eagle3.cpp), then
-// dispatch by device to the CPU reference (src/cpu/reference_eagle3.cpp). CUDA tensors are
-// rejected until the EAGLE3 kernel (a causal mainloop with the row-local keys folded into its
-// online softmax, KERNEL_NOTES.md section 5) is built.
+// dispatch by device to the CPU reference (src/cpu/reference_eagle3.cpp) or, in builds with
+// CUDA, the CUDA path (src/cuda/launch_eagle3.hpp: the block-sparse causal kernels over block 0
+// with the row-local keys folded in).
 #include "flashflex/eagle3.hpp"
 
 #include "api/validate_eagle3.hpp"
 #include "cpu/reference_eagle3.hpp"
+#ifndef FLASHFLEX_WITH_CUDA
+#define FLASHFLEX_WITH_CUDA 0
+#endif
+#if FLASHFLEX_WITH_CUDA
+#include "cuda/launch_eagle3.hpp"
+#endif
 
 namespace flashflex {
 namespace {
 
-[[noreturn]] void no_eagle3_kernel() {
+#if !FLASHFLEX_WITH_CUDA
+[[noreturn]] void no_cuda_backend() {
   throw Error(ErrorKind::kUnsupported,
-              "q: expected CPU tensors, got CUDA tensors (the EAGLE3 CUDA kernel is not built yet)");
+              "q: expected CPU tensors, got CUDA tensors (this build has no CUDA kernels; rebuild with nvcc)");
 }
+#endif
 
 }  // namespace
 
 std::size_t workspace_size(const Eagle3ForwardArgs& args) {
-  detail::validate_eagle3_forward(args);
+  const detail::Eagle3Shape s = detail::validate_eagle3_forward(args);
+#if FLASHFLEX_WITH_CUDA
+  if (s.device.type == DeviceType::kCuda) return cuda::eagle3_forward_workspace_size(args);
+#endif
+  (void)s;
   return 0;  // the CPU reference allocates its own float64 scratch
 }
 
 std::size_t workspace_size(const Eagle3BackwardArgs& args) {
-  detail::validate_eagle3_backward(args);
+  const detail::Eagle3Shape s = detail::validate_eagle3_backward(args);
+#if FLASHFLEX_WITH_CUDA
+  if (s.device.type == DeviceType::kCuda) return cuda::eagle3_backward_workspace_size(args);
+#endif
+  (void)s;
   return 0;
 }
 
-void eagle3_forward(const Eagle3ForwardArgs& args, Workspace /*workspace*/, void* /*stream*/) {
+void eagle3_forward(const Eagle3ForwardArgs& args, Workspace workspace, void* stream) {
   const detail::Eagle3Shape s = detail::validate_eagle3_forward(args);
-  if (s.device.type != DeviceType::kCpu) no_eagle3_kernel();
-  cpu::reference_eagle3_forward(args, detail::resolve_scale(args.scale, s.head_dim));
+  const double scale = detail::resolve_scale(args.scale, s.head_dim);
+  if (s.device.type == DeviceType::kCpu) return cpu::reference_eagle3_forward(args, scale);
+#if FLASHFLEX_WITH_CUDA
+  return cuda::eagle3_forward(args, scale, workspace, stream);
+#else
+  (void)workspace;
+  (void)stream;
+  no_cuda_backend();
+#endif
 }
 
-void eagle3_backward(const Eagle3BackwardArgs& args, Workspace /*workspace*/, void* /*stream*/) {
+void eagle3_backward(const Eagle3BackwardArgs& args, Workspace workspace, void* stream) {
   const detail::Eagle3Shape s = detail::validate_eagle3_backward(args);
-  if (s.device.type != DeviceType::kCpu) no_eagle3_kernel();
-  cpu::reference_eagle3_backward(args, detail::resolve_scale(args.scale, s.head_dim));
+  const double scale = detail::resolve_scale(args.scale, s.head_dim);
+  if (s.device.type == DeviceType::kCpu) return cpu::reference_eagle3_backward(args, scale);
+#if FLASHFLEX_WITH_CUDA
+  return cuda::eagle3_backward(args, scale, workspace, stream);
+#else
+  (void)workspace;
+  (void)stream;
+  no_cuda_backend();
+#endif
 }
 
 }  // namespace flashflex

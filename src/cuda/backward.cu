@@ -6,6 +6,7 @@
 //   [deterministic with a block mask] dQ order of the kv tiles     sm80/preprocess_bwd.cuh
 //   preprocess: LSE2, dpsum = rowsum(dO * O) - dlse                 sm80/preprocess_bwd.cuh
 //   main kernel (closed table over dtype x head dim x score mod)    sm80/launch_bwd.hpp, bwd_*.cu
+//   [the caller's row pass: EAGLE3 row-local keys]                  src/cuda/eagle3.cu
 //   dq = dQacc * scale; dbias from its fp32 accumulator;            sm80/convert_dq_bwd.cuh
 //   dk, dv summed over the CTAs of a split GQA group
 // GQA: a CTA walks heads_per_cta query heads of its group (choose_heads_per_cta below); the
@@ -220,7 +221,8 @@ WorkspaceLayout layout_of(const BackwardArgs& args) {
 
 std::size_t backward_workspace_size(const BackwardArgs& args) { return layout_of(args).total; }
 
-void backward(const BackwardArgs& args, double scale, Workspace workspace, void* stream) {
+void backward(const BackwardArgs& args, double scale, Workspace workspace, void* stream,
+              const BackwardRowPass* row_pass) {
   const TensorRef &q = args.q, &k = args.k, &v = args.v;
   check_half_dtype("backward", q.dtype);
   const std::pair<const char*, const TensorRef*> rows[] = {{"q", &q},           {"k", &k},     {"v", &v},
@@ -345,6 +347,7 @@ void backward(const BackwardArgs& args, double scale, Workspace workspace, void*
   }
   kernel.pre(p, stream);
   kernel.main(p, stream);
+  if (row_pass != nullptr) row_pass->run({p.dq_accum, p.lse2, p.dpsum, p.q_len_pad}, stream);
   kernel.post(p, stream);
   if (w.splits > 1) kernel.reduce(p, stream);
   if (dbias) {

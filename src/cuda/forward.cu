@@ -49,6 +49,31 @@ constexpr FwdKernel kFwdKernels[] = {
     fwd_kernel<kFp16, 256, kSoftcap>(), fwd_kernel<kFp16, 256, kAlibi>(), fwd_kernel<kFp16, 256, kBias>(),
 };
 
+// The EAGLE3 variants (row_local_fwd.cuh): no score mod, every dtype and head dim.
+struct FwdRowLocalKernel {
+  DType dtype;
+  int head_dim;
+  LaunchFwd launch;
+};
+
+constexpr FwdRowLocalKernel kFwdRowLocalKernels[] = {
+    {kBf16, 64, &sm80::launch_fwd_row_local<kBf16, 64>},   {kBf16, 128, &sm80::launch_fwd_row_local<kBf16, 128>},
+    {kBf16, 256, &sm80::launch_fwd_row_local<kBf16, 256>}, {kFp16, 64, &sm80::launch_fwd_row_local<kFp16, 64>},
+    {kFp16, 128, &sm80::launch_fwd_row_local<kFp16, 128>}, {kFp16, 256, &sm80::launch_fwd_row_local<kFp16, 256>},
+};
+
+LaunchFwd find_fwd_row_local_kernel(DType dtype, int64_t head_dim, ScoreModKind mod) {
+  if (mod != ScoreModKind::kNone) {
+    throw Error(ErrorKind::kUnsupported, flashflex::detail::concat("score_mod: the EAGLE3 row-local forward takes none, got ",
+                                                                   score_mod_name(mod)));
+  }
+  for (const FwdRowLocalKernel& k : kFwdRowLocalKernels) {
+    if (k.dtype == dtype && k.head_dim == head_dim) return k.launch;
+  }
+  throw Error(ErrorKind::kUnsupported, flashflex::detail::concat("q: no CUDA EAGLE3 forward kernel for dtype ",
+                                                                 dtype_name(dtype), ", head_dim ", head_dim));
+}
+
 LaunchFwd find_fwd_kernel(DType dtype, int64_t head_dim, ScoreModKind mod) {
   for (const FwdKernel& k : kFwdKernels) {
     if (k.dtype == dtype && k.head_dim == head_dim && k.mod == mod) return k.launch;
@@ -64,14 +89,15 @@ LaunchFwd find_fwd_kernel(DType dtype, int64_t head_dim, ScoreModKind mod) {
 
 }  // namespace
 
-void forward(const ForwardArgs& args, double scale, void* stream) {
+void forward(const ForwardArgs& args, double scale, void* stream, const sm80::RowLocalKeys* row_local) {
   const TensorRef &q = args.q, &k = args.k, &v = args.v, &out = args.out;
   check_half_dtype("forward", q.dtype);
   check_rows_aligned("q", q);
   check_rows_aligned("k", k);
   check_rows_aligned("v", v);
   check_rows_aligned("out", out);
-  const LaunchFwd launch = find_fwd_kernel(q.dtype, q.sizes[3], args.score_mod.kind);
+  const LaunchFwd launch = row_local != nullptr ? find_fwd_row_local_kernel(q.dtype, q.sizes[3], args.score_mod.kind)
+                                                : find_fwd_kernel(q.dtype, q.sizes[3], args.score_mod.kind);
 
   sm80::FwdParams p;
   p.q = q.data;
@@ -108,6 +134,7 @@ void forward(const ForwardArgs& args, double scale, void* stream) {
     p.bitmaps = m->bitmaps;
   }
   p.mod = make_mod_params(args.score_mod, p.q_len, p.kv_len);
+  if (row_local != nullptr) p.row_local = *row_local;
 
   DeviceGuard guard(q.device.index);
   check_device_capability(q.device.index);

@@ -7,14 +7,40 @@
 
 #include "flashflex/attention.hpp"
 
+namespace flashflex::sm80 {
+struct RowLocalKeys;  // sm80/row_local.hpp
+}
+
 namespace flashflex::cuda {
 
 // Forward: out and (optional) lse. `scale` is resolved; `stream` is a cudaStream_t.
-void forward(const ForwardArgs& args, double scale, void* stream);
+// `row_local` (EAGLE3, src/cuda/eagle3.cu): diagonal keys folded in and rows past the valid
+// length empty; bf16 / fp16 without a score mod only.
+void forward(const ForwardArgs& args, double scale, void* stream, const sm80::RowLocalKeys* row_local = nullptr);
+
+// What the backward's workspace holds once the block-sparse kernel has run: the row statistics
+// and the fp32 dQ accumulator (unscaled), before dQ's conversion (sm80/params_bwd.hpp).
+struct BackwardRowStats {
+  float* dq_accum;
+  const float* lse2;
+  const float* dpsum;
+  int q_len_pad;
+};
+
+// A pass run on the stream between the block-sparse kernel and dQ's conversion (EAGLE3's
+// row-local keys, src/cuda/eagle3.cu).
+class BackwardRowPass {
+ public:
+  virtual void run(const BackwardRowStats& stats, void* stream) const = 0;
+
+ protected:
+  ~BackwardRowPass() = default;
+};
 
 // Backward: dq, dk, dv (dbias for the bias mod). Scratch (fp32 dQ accumulator, row statistics)
 // comes from `workspace`, at least backward_workspace_size(args) bytes on the tensors' device.
 std::size_t backward_workspace_size(const BackwardArgs& args);
-void backward(const BackwardArgs& args, double scale, Workspace workspace, void* stream);
+void backward(const BackwardArgs& args, double scale, Workspace workspace, void* stream,
+              const BackwardRowPass* row_pass = nullptr);
 
 }  // namespace flashflex::cuda

@@ -165,7 +165,6 @@ def test_scale_not_finite(gen):
 
 
 @pytest.mark.cuda
-def test_cuda_tensors_are_not_supported_yet(gen):
+def test_float32_cuda_tensors_are_refused_by_name(gen):
     q, k, v = (t.cuda() if isinstance(t, torch.Tensor) else [x.cuda() for x in t] for t in _inputs(gen))
-    _expect(NotImplementedError, r"^q: expected CPU tensors, got CUDA tensors \(the EAGLE3 CUDA kernel is not built",
-            q, k, v)
+    _expect(NotImplementedError, r"^q: the CUDA EAGLE3 forward supports bfloat16 and float16, got float32", q, k, v)

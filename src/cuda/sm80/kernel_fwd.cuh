@@ -8,6 +8,8 @@
 //   softmax softmax.cuh          online softmax, O rescale
 //   O       mainloop_fwd.cuh     gemm_pv with P in registers
 //   store   epilogue_fwd.cuh     out, lse
+// The kRowLocal variant (EAGLE3, row_local.hpp) skips CTAs whose rows are all past the sample's
+// valid length and folds the row-local keys into the softmax after the loop (row_local_fwd.cuh).
 // Pipeline: one group of cp.async per step (K and V together), two stages, one CTA barrier per
 // step: wait(step i) ; barrier (data of i visible to all; everyone is past step i-1, so its stage
 // is free) ; issue step i+1 into that stage ; compute step i.
@@ -29,13 +31,15 @@
 #include "cuda/sm80/mainloop_fwd.cuh"
 #include "cuda/sm80/mask_fwd.cuh"
 #include "cuda/sm80/params_fwd.hpp"
+#include "cuda/sm80/row_local_fwd.cuh"
 #include "cuda/sm80/softmax.cuh"
 
 namespace flashflex::sm80 {
 
-template <class Traits, ScoreModKind kMod>
+template <class Traits, ScoreModKind kMod, bool kRowLocal>
 __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
     fwd_kernel(const __grid_constant__ FwdParams p) {
+  static_assert(!kRowLocal || kMod == ScoreModKind::kNone, "the row-local keys take no score mod");
   using Element = typename Traits::Element;
   using Mainloop = MainloopFwd<Traits>;
   using Mask = MaskFwd<Traits>;
@@ -86,8 +90,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
   OnlineSoftmax<kMSlabs, Traits::kNTilesS> softmax;
   softmax.init();
 
+  const int valid_rows = kRowLocal ? p.row_local.limit.valid_rows(b, p.q_len) : p.q_len;
   KvStepCursor<Traits> cursor(p, b, h, m);
-  if (cursor.valid()) {
+  if (cursor.valid() && q_row0 < valid_rows) {
     // Issues the loads of step `st` into stage `stage` (K, V and, for a partial step, its bits).
     auto load_step = [&](const KvStep& st, int stage) {
       const int off = stage * Traits::kKVElems;
@@ -146,6 +151,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
     }
   }
 
+  if constexpr (kRowLocal) {
+    RowLocalFwd<Traits>::fold(softmax, acc_o, p, b, h, hkv, q_row0, warp * Traits::kRowsPerWarp, valid_rows, sl2,
+                              lane);
+  }
   float inv[kMSlabs][2], lse[kMSlabs][2];
   softmax.finish(inv, lse, unit);
   // O is staged in sQ: when that is K's stage 1, other warps may still read it in their last step.
@@ -180,11 +189,11 @@ void set_smem_limit_once(Kernel kernel, int bytes, int device, std::atomic<uint6
 
 }  // namespace detail
 
-template <DType kDType, int kHeadDim, ScoreModKind kMod>
-void launch_fwd(const FwdParams& params, void* stream) {
+template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
+void launch_fwd_kernel(const FwdParams& params, void* stream) {
   using Traits = typename FwdConfig<typename detail::ElementOf<kDType>::type, kHeadDim, kMod>::Traits;
   constexpr int kSmem = Traits::kSmemBytes;
-  auto kernel = fwd_kernel<Traits, kMod>;
+  auto kernel = fwd_kernel<Traits, kMod, kRowLocal>;
 
   int device = 0;
   FLASHFLEX_CUDA_CHECK(cudaGetDevice(&device));
@@ -207,6 +216,16 @@ void launch_fwd(const FwdParams& params, void* stream) {
   }
   kernel<<<static_cast<unsigned>(blocks), Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(params);
   FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+}
+
+template <DType kDType, int kHeadDim, ScoreModKind kMod>
+void launch_fwd(const FwdParams& params, void* stream) {
+  launch_fwd_kernel<kDType, kHeadDim, kMod, false>(params, stream);
+}
+
+template <DType kDType, int kHeadDim>
+void launch_fwd_row_local(const FwdParams& params, void* stream) {
+  launch_fwd_kernel<kDType, kHeadDim, ScoreModKind::kNone, true>(params, stream);
 }
 
 }  // namespace flashflex::sm80

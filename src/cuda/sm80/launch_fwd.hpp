@@ -14,4 +14,9 @@ namespace flashflex::sm80 {
 template <DType kDType, int kHeadDim, ScoreModKind kMod>
 void launch_fwd(const FwdParams& params, void* stream);
 
+// The EAGLE3 variant (no score mod): params.row_local's keys folded in, rows past the valid
+// length empty (row_local_fwd.cuh). Instantiated in sm80/fwd_row_local_<dtype>.cu.
+template <DType kDType, int kHeadDim>
+void launch_fwd_row_local(const FwdParams& params, void* stream);
+
 }  // namespace flashflex::sm80

@@ -66,7 +66,7 @@ struct BwdParams {
 
   // Workspace.
   float* dq_accum = nullptr;  // [B, Hq, q_len_pad, D] fp32, zeroed before the main kernel
-  float* lse2 = nullptr;      // [B, Hq, q_len_pad]: LSE * log2(e), 0 where LSE = -inf or padding
+  float* lse2 = nullptr;      // [B, Hq, q_len_pad]: LSE * log2(e); +inf where LSE = -inf, 0 on padding
   float* dpsum = nullptr;     // [B, Hq, q_len_pad]: rowsum(dO * O) - dlse, 0 on padding
   float* dkv_partial = nullptr;  // splits > 1: [B, Hkv, splits, 2 (dK, dV), kv_len_pad, D] fp32
 

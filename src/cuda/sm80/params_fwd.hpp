@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/score_mod.cuh"
+#include "cuda/sm80/row_local.hpp"
 
 namespace flashflex::sm80 {
 
@@ -44,6 +45,9 @@ struct FwdParams {
   const uint32_t* bitmaps = nullptr;
 
   cuda::ScoreModParams mod;
+
+  // EAGLE3 row-local keys and valid rows; read only by the kRowLocal kernels (row_local_fwd.cuh).
+  RowLocalKeys row_local;
 };
 
 }  // namespace flashflex::sm80

@@ -1,7 +1,9 @@
 // Preprocess kernels of the sm80 backward, run before mainloop_bwd.cuh:
 //   bwd_preprocess_kernel: per query row, dpsum = rowsum(dO * O) - dlse (the D of KERNEL_NOTES
 //     section 3, minus the lse gradient: dS = P (dP - D + dlse)) and LSE2 = LSE * log2(e), with
-//     LSE = -inf (a fully masked row) mapped to 0 so that exp2(-inf - LSE2) stays 0, never NaN.
+//     LSE = -inf (a row that saw nothing) mapped to +inf so that exp2(logit2 - LSE2) is 0 for
+//     every logit, never NaN: such a row gets zero gradients even where its scores are not
+//     masked (the EAGLE3 rows past a sample's valid length, src/cuda/sm80/row_local.hpp).
 //     Rows past Q_LEN (padding to 128) get 0.
 //   bwd_rank_mark_kernel / bwd_rank_scan_kernel (deterministic mode with a block mask): for each
 //     (mask batch-head, q tile m, kv tile n listing m) the number of CTAs of the kv tiles above n
@@ -77,7 +79,7 @@ __global__ void __launch_bounds__(kPreprocessThreads) bwd_preprocess_kernel(cons
   float lse2 = 0.f, dpsum = 0.f;
   if (valid) {
     const float lse = p.lse[b * p.lse_stride_b + h * p.lse_stride_h + t * p.lse_stride_t];
-    lse2 = lse == -INFINITY ? 0.f : lse * cuda::kLog2e;
+    lse2 = lse == -INFINITY ? INFINITY : lse * cuda::kLog2e;
     dpsum = dot;
     if (p.dlse != nullptr) dpsum -= p.dlse[b * p.dlse_stride_b + h * p.dlse_stride_h + t * p.dlse_stride_t];
   }

@@ -1,0 +1,236 @@
+// Host side of the EAGLE3 CUDA path (DESIGN.md decision 5; src/cuda/launch_eagle3.hpp). TTT step k:
+//   forward   causal BlockMask of block 0 built on the device into the workspace
+//             (block_mask_device.hpp), then the block-sparse forward over (q, K_0, V_0) with the
+//             row-local keys K_1..K_k folded into its softmax (sm80/row_local_fwd.cuh);
+//   backward  the same mask, the block-sparse backward over block 0 (dq, dK_0, dV_0) with the
+//             forward's LSE (which includes the row-local keys), and between its main kernel and
+//             dQ's conversion the row-local pass writing dK_j, dV_j (sm80/row_local_bwd.cuh).
+// Rows at or past L_b - k are empty in both (sm80/row_local.hpp). The blocks are read where they
+// are, through their strides: nothing is concatenated, nothing is copied between host and device.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+
+#include "api/message.hpp"
+#include "cuda/block_mask_device.hpp"
+#include "cuda/launch.hpp"
+#include "cuda/launch_common.hpp"
+#include "cuda/launch_eagle3.hpp"
+#include "cuda/sm80/row_local.hpp"
+#include "cuda/sm80/row_local_bwd.cuh"
+#include "flashflex/mask.hpp"
+
+namespace flashflex::cuda {
+namespace {
+
+constexpr std::size_t kAlign = 256;
+
+std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+sm80::BwdTensor view_of(const TensorRef& t) {
+  sm80::BwdTensor v;
+  v.data = t.data;
+  v.stride_b = stride_of(t, 0);
+  v.stride_h = stride_of(t, 1);
+  v.stride_t = stride_of(t, 2);
+  return v;
+}
+
+// Block 0 is causal and the same for every sample and head: the padding of each sample is the
+// row limit of the kernels, not a mask.
+const Mask& causal_mask() {
+  static const Mask mask = Mask::causal();
+  return mask;
+}
+
+DeviceBlockMaskPlan mask_plan(const TensorRef& q) {
+  return plan_device_block_mask(causal_mask(), 1, 1, q.sizes[2], q.sizes[2]);
+}
+
+void check_blocks(const char* pass, const TensorRef& q, const std::vector<TensorRef>& k_blocks,
+                  const std::vector<TensorRef>& v_blocks) {
+  check_half_dtype(pass, q.dtype);
+  check_rows_aligned("q", q);
+  for (std::size_t j = 0; j < k_blocks.size(); ++j) {
+    check_rows_aligned(flashflex::detail::concat("k_blocks[", j, "]").c_str(), k_blocks[j]);
+    check_rows_aligned(flashflex::detail::concat("v_blocks[", j, "]").c_str(), v_blocks[j]);
+  }
+  const int64_t row_local = static_cast<int64_t>(k_blocks.size()) - 1;
+  if (row_local > sm80::kMaxRowLocalBlocks) {
+    throw Error(ErrorKind::kUnsupported,
+                flashflex::detail::concat("k_blocks: the CUDA EAGLE3 path takes at most ", sm80::kMaxRowLocalBlocks + 1,
+                                          " blocks (TTT step <= ", sm80::kMaxRowLocalBlocks, "), got ",
+                                          k_blocks.size()));
+  }
+}
+
+sm80::RowLimit row_limit(const TensorRef& seq_lengths, std::size_t num_blocks) {
+  sm80::RowLimit limit;
+  if (seq_lengths.defined()) {
+    limit.lengths = seq_lengths.data;
+    limit.lengths_stride = seq_lengths.strides[0];
+    limit.lengths_int64 = seq_lengths.dtype == DType::kInt64;
+  }
+  limit.shift = static_cast<int>(num_blocks) - 1;
+  return limit;
+}
+
+sm80::RowLocalKeys row_local_keys(const std::vector<TensorRef>& k_blocks, const std::vector<TensorRef>& v_blocks,
+                                  const TensorRef& seq_lengths) {
+  sm80::RowLocalKeys keys;
+  keys.count = static_cast<int>(k_blocks.size()) - 1;
+  for (int i = 0; i < keys.count; ++i) {
+    keys.k[i] = view_of(k_blocks[i + 1]);
+    keys.v[i] = view_of(v_blocks[i + 1]);
+  }
+  keys.limit = row_limit(seq_lengths, k_blocks.size());
+  return keys;
+}
+
+void check_workspace(const Workspace& workspace, std::size_t needed) {
+  if (workspace.size < needed || (needed > 0 && workspace.data == nullptr)) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("workspace: expected at least ", needed,
+                                          " bytes (eagle3 workspace_size), got ", workspace.size));
+  }
+  if (reinterpret_cast<std::uintptr_t>(workspace.data) % kAlign != 0) {
+    throw Error(ErrorKind::kInvalidArgument, "workspace: expected a 256-byte aligned pointer (CUDA allocations are)");
+  }
+}
+
+// Block 0's part of the backward, the BlockMask given (its sizes suffice for workspace_size).
+BackwardArgs block0_backward_args(const Eagle3BackwardArgs& args, const BlockMask* mask) {
+  BackwardArgs b;
+  b.q = args.q;
+  b.k = args.k_blocks[0];
+  b.v = args.v_blocks[0];
+  b.out = args.out;
+  b.dout = args.dout;
+  b.lse = args.lse;
+  b.dlse = args.dlse;
+  b.dq = args.dq;
+  b.dk = args.dk_blocks[0];
+  b.dv = args.dv_blocks[0];
+  b.block_mask = mask;
+  b.deterministic = args.deterministic;
+  return b;
+}
+
+BlockMask mask_shape(const DeviceBlockMaskPlan& plan) {
+  BlockMask m;
+  m.batch = plan.batch;
+  m.heads = plan.heads;
+  m.q_len = plan.q_len;
+  m.kv_len = plan.kv_len;
+  m.num_q_tiles = plan.num_q_tiles;
+  m.num_kv_tiles = plan.num_kv_tiles;
+  return m;
+}
+
+// ---- row-local backward pass -------------------------------------------------------------------
+
+template <typename T, int kHeadDim>
+void launch_row_local_bwd(const sm80::RowLocalBwdParams& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.q_len + sm80::kRowLocalBwdWarps - 1) / sm80::kRowLocalBwdWarps),
+                  static_cast<unsigned>(p.batch * p.kv_heads));
+  sm80::row_local_bwd_kernel<T, kHeadDim><<<grid, sm80::kRowLocalBwdWarps * 32, 0, stream>>>(p);
+  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+}
+
+class RowLocalBackward final : public BackwardRowPass {
+ public:
+  RowLocalBackward(const Eagle3BackwardArgs& args, double scale) {
+    const TensorRef& q = args.q;
+    p_.batch = static_cast<int>(q.sizes[0]);
+    p_.q_heads = static_cast<int>(q.sizes[1]);
+    p_.kv_heads = static_cast<int>(args.k_blocks[0].sizes[1]);
+    p_.group = p_.q_heads / p_.kv_heads;
+    p_.q_len = static_cast<int>(q.sizes[2]);
+    p_.q = view_of(q);
+    p_.dout = view_of(args.dout);
+    p_.scale = static_cast<float>(scale);
+    p_.scale_log2 = static_cast<float>(scale * 1.4426950408889634);  // scale * log2(e)
+    p_.keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
+    for (int i = 0; i < p_.keys.count; ++i) {
+      p_.dk[i] = view_of(args.dk_blocks[i + 1]);
+      p_.dv[i] = view_of(args.dv_blocks[i + 1]);
+    }
+    dtype_ = q.dtype;
+    head_dim_ = static_cast<int>(q.sizes[3]);
+  }
+
+  void run(const BackwardRowStats& stats, void* stream) const override {
+    if (p_.keys.count == 0) return;
+    sm80::RowLocalBwdParams p = p_;
+    p.dq_accum = stats.dq_accum;
+    p.lse2 = stats.lse2;
+    p.dpsum = stats.dpsum;
+    p.q_len_pad = stats.q_len_pad;
+    const auto s = static_cast<cudaStream_t>(stream);
+    const bool bf16 = dtype_ == DType::kBFloat16;
+    switch (head_dim_) {
+      case 64:
+        return bf16 ? launch_row_local_bwd<__nv_bfloat16, 64>(p, s) : launch_row_local_bwd<__half, 64>(p, s);
+      case 128:
+        return bf16 ? launch_row_local_bwd<__nv_bfloat16, 128>(p, s) : launch_row_local_bwd<__half, 128>(p, s);
+      case 256:
+        return bf16 ? launch_row_local_bwd<__nv_bfloat16, 256>(p, s) : launch_row_local_bwd<__half, 256>(p, s);
+      default:
+        throw Error(ErrorKind::kUnsupported,
+                    flashflex::detail::concat("q: no CUDA EAGLE3 backward for head_dim ", head_dim_));
+    }
+  }
+
+ private:
+  sm80::RowLocalBwdParams p_;
+  DType dtype_ = DType::kBFloat16;
+  int head_dim_ = 0;
+};
+
+}  // namespace
+
+std::size_t eagle3_forward_workspace_size(const Eagle3ForwardArgs& args) { return align_up(mask_plan(args.q).bytes); }
+
+void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace workspace, void* stream) {
+  check_blocks("EAGLE3 forward", args.q, args.k_blocks, args.v_blocks);
+  const DeviceBlockMaskPlan plan = mask_plan(args.q);
+  check_workspace(workspace, align_up(plan.bytes));
+  const sm80::RowLocalKeys keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
+
+  DeviceGuard guard(args.q.device.index);
+  const BlockMask mask = build_device_block_mask(causal_mask(), plan, workspace.data, args.q.device.index, stream);
+  ForwardArgs f;
+  f.q = args.q;
+  f.k = args.k_blocks[0];
+  f.v = args.v_blocks[0];
+  f.out = args.out;
+  f.lse = args.lse;
+  f.block_mask = &mask;
+  forward(f, scale, stream, &keys);
+}
+
+std::size_t eagle3_backward_workspace_size(const Eagle3BackwardArgs& args) {
+  const DeviceBlockMaskPlan plan = mask_plan(args.q);
+  const BlockMask shape = mask_shape(plan);
+  return align_up(plan.bytes) + backward_workspace_size(block0_backward_args(args, &shape));
+}
+
+void eagle3_backward(const Eagle3BackwardArgs& args, double scale, Workspace workspace, void* stream) {
+  check_blocks("EAGLE3 backward", args.q, args.k_blocks, args.v_blocks);
+  for (std::size_t j = 0; j < args.dk_blocks.size(); ++j) {
+    check_rows_aligned(flashflex::detail::concat("dk_blocks[", j, "]").c_str(), args.dk_blocks[j]);
+    check_rows_aligned(flashflex::detail::concat("dv_blocks[", j, "]").c_str(), args.dv_blocks[j]);
+  }
+  check_workspace(workspace, eagle3_backward_workspace_size(args));
+  const DeviceBlockMaskPlan plan = mask_plan(args.q);
+  const std::size_t mask_bytes = align_up(plan.bytes);
+  const RowLocalBackward row_pass(args, scale);
+
+  DeviceGuard guard(args.q.device.index);
+  const BlockMask mask = build_device_block_mask(causal_mask(), plan, workspace.data, args.q.device.index, stream);
+  const Workspace rest{static_cast<unsigned char*>(workspace.data) + mask_bytes, workspace.size - mask_bytes};
+  backward(block0_backward_args(args, &mask), scale, rest, stream, &row_pass);
+}
+
+}  // namespace flashflex::cuda
