@@ -204,7 +204,9 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
               float dmod;
               const float logit2 = mod.logit2(s_acc[mi][ni][h * 2 + e], m0 + row, n0 + col + e, dmod);
               const bool visible = (vis >> idx) & 1u;
-              const float pe = visible ? ptx::exp2_approx(logit2 - row_lse2) : 0.f;
+              // Hidden scores enter the exp as -inf (exp2 gives +0): a select, not a predicated
+              // exp plus a zeroing move per element.
+              const float pe = ptx::exp2_approx(visible ? logit2 - row_lse2 : -INFINITY);
               const float ds = pe * (dp_acc[mi][ni][h * 2 + e] - row_dpsum);
               if (kMod == ScoreModKind::kBias && dbias != nullptr && visible) {
                 atomicAdd(dbias + int64_t(m0 + row) * p.kv_len + (n0 + col + e), ds);
