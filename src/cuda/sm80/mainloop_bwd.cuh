@@ -118,12 +118,25 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
   // The walk runs two steps ahead of the compute: step j in slot j % 3. Steps 0 and 1 now.
   if (tid == 0) {
     const int kv_head = blockIdx.y / p.splits, split = blockIdx.y % p.splits;
-    QWalk<Tr::kBlockM>::start(*s_walk, kv_head * p.group + split * p.heads_per_cta);
-    QWalk<Tr::kBlockM>::next(*s_walk, p, b, kv_tile, s_steps[0]);
-    if (s_steps[0].valid) {
-      ptx::cp_async_commit();  // the list entry fetched by the first call (with K, V: prologue only)
-      ptx::cp_async_wait<0>();
-      QWalk<Tr::kBlockM>::next(*s_walk, p, b, kv_tile, s_steps[1]);
+    QWalkState w;
+    BwdStep st;
+    int side = 0;
+    QWalk<Tr::kBlockM>::start(w, kv_head * p.group + split * p.heads_per_cta);
+    const int32_t* fetch = QWalk<Tr::kBlockM>::next(w, p, b, kv_tile, st, side);
+    s_steps[0] = st;
+    if (st.valid) {
+      if (fetch != nullptr) {  // prologue only: a blocking load
+        const int entry = __ldg(fetch);
+        if (side == 0) {
+          w.next_entry[0] = entry;
+        } else {
+          w.next_entry[1] = entry;
+        }
+      }
+      fetch = QWalk<Tr::kBlockM>::next(w, p, b, kv_tile, st, side);
+      s_steps[1] = st;
+      *s_walk = w;
+      QWalk<Tr::kBlockM>::fetch_async(*s_walk, fetch, side);  // committed with step 0's loads
     } else {
       s_steps[1].valid = 0;
     }
@@ -146,6 +159,22 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
     const BwdStep& nxt = s_steps[next_slot];
     // Prefetch the next step into the other stage (last read by the previous step, before (A)).
     if (nxt.valid) load_step<Tr>(p, smem, stage ^ 1, b, nxt, tid);
+    // The walk's step after next, into the slot of the previous step (its readers finished before
+    // (A)). Here, not after the elementwise step: warp 0 is the only one that waits for it, and
+    // the other warp of its scheduler keeps the tensor pipe busy meanwhile; before (B) every warp
+    // would wait for it. Registers are plentiful here (no S / dP accumulators yet).
+    if (tid == 0) {
+      if (nxt.valid) {
+        QWalkState w = *s_walk;  // its list fetch of the previous call landed before (A)
+        int side = 0;
+        const int32_t* fetch = QWalk<Tr::kBlockM>::next(w, p, b, kv_tile, s_steps[after_slot], side);
+        *s_walk = w;
+        QWalk<Tr::kBlockM>::fetch_async(*s_walk, fetch, side);
+        // its list fetch: committed below with the prefetch, complete at the next (A)
+      } else {
+        s_steps[after_slot].valid = 0;
+      }
+    }
     ptx::cp_async_commit();
     const int tid_v = opaque(tid);
     const int lane = tid_v & 31, warp = tid_v >> 5;
@@ -203,7 +232,9 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
               float dmod;
               const float logit2 = mod.logit2(s_acc[mi][ni][h * 2 + e], m0 + row, n0 + col + e, dmod);
               const bool visible = (vis >> idx) & 1u;
-              const float pe = visible ? ptx::exp2_approx(logit2 - row_lse2) : 0.f;
+              // Hidden scores enter the exp as -inf (exp2 gives +0): a select, not a predicated
+              // exp plus a zeroing move per element.
+              const float pe = ptx::exp2_approx(visible ? logit2 - row_lse2 : -INFINITY);
               const float ds = pe * (dp_acc[mi][ni][h * 2 + e] - row_dpsum);
               if (kMod == ScoreModKind::kBias && dbias != nullptr && visible) {
                 atomicAdd(dbias + int64_t(m0 + row) * p.kv_len + (n0 + col + e), ds);
@@ -216,15 +247,6 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
             *reinterpret_cast<uint32_t*>(s_ds + off) = ptx::pack2<T>(dsv[0], dsv[1]);
           }
         }
-      }
-    }
-    // The walk's step after next, into the slot of the previous step (its readers finished before (A)).
-    if (tid == 0) {
-      if (nxt.valid) {
-        QWalk<Tr::kBlockM>::next(*s_walk, p, b, kv_tile, s_steps[after_slot]);
-        ptx::cp_async_commit();  // its list fetch: complete at the next (A), before the next call
-      } else {
-        s_steps[after_slot].valid = 0;
       }
     }
     __syncthreads();  // (B) P, dS and the walk's new step visible to every warp

@@ -7,9 +7,11 @@
 // Ascending q tiles matter for deterministic mode: the CTAs that add into one q tile of dQ take
 // turns in descending kv order, so every CTA walking upwards keeps the turns a wavefront.
 // One thread advances the walk; its state and the steps live in shared memory (no register is
-// held for them across the GEMMs). The next entry of the list a tile was taken from is fetched
-// with cp.async, completing with the step's own loads: the walk never waits on global memory
-// except when it opens a head's lists.
+// held for them across the GEMMs). A call works on a register copy of the state (a few wide
+// shared loads, then stores), not field by field in shared memory: the walk runs on the critical
+// path of its warp, and a chain of dependent shared loads and stores costs ~30 cycles a link.
+// The next entry of the list a tile was taken from is fetched with cp.async, completing with the
+// step's own loads: the walk never waits on global memory except when it opens a head's lists.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +23,7 @@
 namespace flashflex::sm80 {
 
 // One step of the walk: q rows [m0, m0 + kBlockM) of query head `hq`.
-struct BwdStep {
+struct alignas(8) BwdStep {
   int valid;     // 0: the walk is over
   int partial;   // 1: a partial tile (bitmap), 0: full
   int hq;
@@ -30,11 +32,12 @@ struct BwdStep {
   int mask_bh;   // (batch, head) index into the block mask's arrays
 };
 
-struct QWalkState {
-  const int32_t* list[2];  // 0 partial, 1 full (null: no block mask, the q tiles in order)
+struct alignas(16) QWalkState {
+  int64_t list_off;        // both lists start at this entry of q_indices / full_q_indices
+                           // (-1: no block mask, the q tiles in order)
   int count[2];
   int index[2];            // next entry of each list
-  int next_entry[2];       // list[s][index[s]] when index[s] < count[s] (filled by cp.async)
+  int next_entry[2];       // list s's entry index[s] when index[s] < count[s] (filled by cp.async)
   int started;
   int head0;  // first query head of the CTA
   int head;   // 0 .. heads_per_cta - 1 (query head head0 + head)
@@ -54,12 +57,19 @@ struct QWalk {
     w.head0 = head0;
   }
 
-  // Advances `w` and writes the next step into `s` (s.valid = 0 when the walk is over; call it
-  // no more after that). Entries fetched by the previous call must have landed (cp.async wait).
-  __device__ static void next(QWalkState& w, const BwdParams& p, int b, int kv_tile, BwdStep& s) {
+  // Advances `w` (a register copy of the state) and writes the next step into `s` (s.valid = 0
+  // when the walk is over; call it no more after that). Entries fetched after the previous call
+  // must have landed (cp.async wait) and be in `w`. Returns the list entry to fetch into
+  // next_entry[fetch_side] before the next call (null: none); the caller issues the fetch after
+  // it has stored `w` back (fetch_async), so that the store does not overwrite it.
+  __device__ static const int32_t* next(QWalkState& w, const BwdParams& p, int b, int kv_tile, BwdStep& s,
+                                        int& fetch_side) {
     if (w.started) {
       ++w.sub;
-      if (w.sub < kSubTiles && w.tile * kTileSize + w.sub * kBlockM < p.q_len) return fill(w, s);
+      if (w.sub < kSubTiles && w.tile * kTileSize + w.sub * kBlockM < p.q_len) {
+        fill(w, s);
+        return nullptr;
+      }
       w.sub = 0;
     } else {
       const int head0 = w.head0;
@@ -71,18 +81,27 @@ struct QWalk {
     for (;;) {
       const bool has_partial = w.index[0] < w.count[0], has_full = w.index[1] < w.count[1];
       if (has_partial || has_full) {
-        const int side = has_partial && (!has_full || w.next_entry[0] < w.next_entry[1]) ? 0 : 1;
-        w.tile = w.list[side] != nullptr ? w.next_entry[side] : w.index[side];
-        w.partial = side == 0;
-        const int i = ++w.index[side];
-        if (w.list[side] != nullptr && i < w.count[side]) {
-          ptx::cp_async_4(ptx::smem_addr(&w.next_entry[side]), w.list[side] + i, true);
+        // No array indexed by a run-time side: that would put `w` in local memory.
+        const bool full = !(has_partial && (!has_full || w.next_entry[0] < w.next_entry[1]));
+        const bool listed = w.list_off >= 0;
+        const int entry = full ? w.next_entry[1] : w.next_entry[0];
+        const int i = (full ? w.index[1] : w.index[0]) + 1;
+        const int count = full ? w.count[1] : w.count[0];
+        w.tile = listed ? entry : i - 1;
+        w.partial = !full;
+        if (full) {
+          w.index[1] = i;
+        } else {
+          w.index[0] = i;
         }
-        return fill(w, s);
+        fill(w, s);
+        fetch_side = full ? 1 : 0;
+        if (!listed || i >= count) return nullptr;
+        return (full ? p.mask.full_q_indices : p.mask.q_indices) + w.list_off + i;
       }
       if (++w.head >= p.heads_per_cta) {
         s.valid = 0;
-        return;
+        return nullptr;
       }
       open_lists(w, p, b, kv_tile);
     }
@@ -94,7 +113,7 @@ struct QWalk {
     const BwdMask& m = p.mask;
     w.index[0] = w.index[1] = 0;
     if (!m.present) {
-      w.list[0] = w.list[1] = nullptr;
+      w.list_off = -1;
       w.count[0] = 0;
       w.count[1] = p.num_q_tiles;
       return;
@@ -102,13 +121,20 @@ struct QWalk {
     const int hq = w.head0 + w.head;
     w.mask_bh = (m.batch == 1 ? 0 : b) * m.heads + (m.heads == 1 ? 0 : hq);
     const int64_t row = static_cast<int64_t>(w.mask_bh) * p.num_kv_tiles + kv_tile;
-    w.list[0] = m.q_indices + row * p.num_q_tiles;
-    w.list[1] = m.full_q_indices + row * p.num_q_tiles;
+    w.list_off = row * p.num_q_tiles;
     w.count[0] = __ldg(m.q_num_blocks + row);
     w.count[1] = __ldg(m.full_q_num_blocks + row);
-    for (int side = 0; side < 2; ++side) w.next_entry[side] = w.count[side] > 0 ? __ldg(w.list[side]) : 0;
+    w.next_entry[0] = w.count[0] > 0 ? __ldg(m.q_indices + w.list_off) : 0;
+    w.next_entry[1] = w.count[1] > 0 ? __ldg(m.full_q_indices + w.list_off) : 0;
   }
 
+ public:
+  // Issues the fetch returned by next() into the shared state `sw` (after `sw` was stored).
+  __device__ static void fetch_async(QWalkState& sw, const int32_t* src, int side) {
+    if (src != nullptr) ptx::cp_async_4(ptx::smem_addr(&sw.next_entry[side]), src, true);
+  }
+
+ private:
   __device__ static void fill(const QWalkState& w, BwdStep& s) {
     s.valid = 1;
     s.partial = w.partial;
