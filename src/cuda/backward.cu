@@ -323,6 +323,7 @@ void backward(const BackwardArgs& args, double scale, Workspace workspace, void*
   p.dpsum = reinterpret_cast<float*>(ws + w.dpsum);
   p.deterministic = args.deterministic;
   p.block_n = block_n(q.sizes[3]);
+  if (row_pass != nullptr) p.rows = row_pass->row_limit();
   if (args.deterministic) {
     p.dq_semaphore = reinterpret_cast<int32_t*>(ws + w.semaphore);
     if (w.rank_bytes) p.dq_rank = reinterpret_cast<int32_t*>(ws + w.rank);

@@ -99,7 +99,8 @@ BlockMask launch_device_block_mask(const Mask& mask, const DeviceBlockMaskPlan& 
   const int64_t columns = plan.batch * plan.num_kv_tiles;
   const int64_t bitmap_ctas =
       (plan.partial_capacity + mask_kernels::kBitmapsPerCta - 1) / mask_kernels::kBitmapsPerCta;
-  mask_kernels::finish_kernel<<<static_cast<unsigned>(bitmap_ctas + columns), mask_kernels::kThreads, 0, s>>>(
+  const int64_t column_ctas = (columns + mask_kernels::kColumnsPerCta - 1) / mask_kernels::kColumnsPerCta;
+  mask_kernels::finish_kernel<<<static_cast<unsigned>(bitmap_ctas + column_ctas), mask_kernels::kThreads, 0, s>>>(
       p, bitmap_ctas);
   FLASHFLEX_CUDA_CHECK(cudaGetLastError());
   return device_block_mask_view(plan, buffer, device_index);

@@ -1,13 +1,15 @@
 // Kernels of the GPU block-mask builder (host side: block_mask_device.cu). The schedule:
 //   tile_id_ranges_kernel  (document masks only) the id range of every tile, a warp per tile;
 //   classify_rows_kernel   a CTA per q-tile row: classify every tile of the row with the
-//                          predicates' analytic classification, evaluate the undecided and the
-//                          incomplete tiles (4 tiles per pass, a thread per tile row) to refine
-//                          them exactly as the CPU builder does, write the row's kv lists, tile
-//                          states and partial count; the last CTA to finish scans the partial
-//                          counts of all rows into each row's first partial id;
+//                          predicates' analytic classification, refine the undecided and the
+//                          incomplete tiles exactly as the CPU builder does (all the chunk's
+//                          undecided tiles at once: boxes of kSubRows rows classified first, a
+//                          thread per box, then the rows of the boxes still undecided, a thread
+//                          per row), write the row's kv lists, tile states and partial count;
+//                          the last CTA to finish scans the partial counts of all rows into each
+//                          row's first partial id;
 //   finish_kernel          CTAs over the partial ids write one bitmap per 128 threads (the row
-//                          of an id found by binary search over the rows' first ids), a CTA per
+//                          of an id found by binary search over the rows' first ids), a warp per
 //                          kv-tile column writes the column's q lists.
 // Partial ids follow the CPU builder's order: row-major over (b, m), ascending n in a row.
 #pragma once
@@ -25,8 +27,15 @@ using detail::TileBox;
 using detail::TileClass;
 
 inline constexpr int kThreads = 512;
-inline constexpr int kTilesPerPass = kThreads / kTileSize;  // a thread per tile row
+inline constexpr int kTilesPerPass = kThreads / kTileSize;  // bitmaps written at once by a CTA
 inline constexpr int kScanItems = 4;                        // row counts per thread in the last CTA's scan
+// Refinement of undecided tiles: each tile's rows are first classified in kSubBoxes boxes of
+// kSubRows rows (a thread per box), then the rows of the boxes left undecided (a thread per row).
+inline constexpr int kSubRows = 8;
+inline constexpr int kSubBoxes = kTileSize / kSubRows;
+static_assert(kTileSize % kSubRows == 0, "sub-boxes split a tile");
+static_assert(kThreads * kSubBoxes <= 65536, "open sub-box list entries are uint16");
+inline constexpr int kColumnsPerCta = kThreads / 32;  // finish_kernel: a warp per kv-tile column
 
 // What a tile is, in the row kernel and in tile_states for the column CTAs.
 enum : uint8_t { kStateEmpty = 0, kStatePartial = 1, kStateFull = 2, kStateCheck = 3 };
@@ -68,21 +77,31 @@ __device__ inline bool complete(const TileBox& t) {
   return t.q_last - t.q_first + 1 == kTileSize && t.kv_last - t.kv_first + 1 == kTileSize;
 }
 
-// The analytic class of tile (m, n) of sample b: the program in postfix order.
+// The analytic class of leaf `op` on `box` (inside tile (m, n) of sample b).
+__device__ inline TileClass classify_leaf(const BuildParams& p, const MaskOp& op, int64_t b, int64_t m, int64_t n,
+                                          const TileBox& box) {
+  switch (op.kind) {
+    case MaskOpKind::kBand: return op.band.classify(b, box);
+    case MaskOpKind::kDocument:
+      return detail::DocumentPredicate::classify(op.document.q_tile_ids[b * p.mq + m],
+                                                 op.document.kv_tile_ids[b * p.n + n]);
+    case MaskOpKind::kPrefixLm: return op.prefix_lm.classify(b, box);
+    case MaskOpKind::kPadding: return op.padding.classify(b, box);
+    case MaskOpKind::kEagle3: return op.eagle3.classify(b, box);
+    default: return TileClass::kMaybe;
+  }
+}
+
+// The analytic class of `box` (tile (m, n) of sample b or a part of it): the program in postfix
+// order. Sound for any box inside the tile (a document leaf answers with its tile's class). One
+// leaf (causal, eagle3, ...) skips the stack, which lives in local memory.
 __device__ inline TileClass classify(const BuildParams& p, int64_t b, int64_t m, int64_t n, const TileBox& box) {
+  if (p.program.num_ops == 1) return classify_leaf(p, p.program.ops[0], b, m, n, box);
   TileClass stack[kMaxMaskNodes];
   int top = 0;
   for (int i = 0; i < p.program.num_ops; ++i) {
     const MaskOp& op = p.program.ops[i];
     switch (op.kind) {
-      case MaskOpKind::kBand: stack[top++] = op.band.classify(b, box); break;
-      case MaskOpKind::kDocument:
-        stack[top++] = detail::DocumentPredicate::classify(op.document.q_tile_ids[b * p.mq + m],
-                                                           op.document.kv_tile_ids[b * p.n + n]);
-        break;
-      case MaskOpKind::kPrefixLm: stack[top++] = op.prefix_lm.classify(b, box); break;
-      case MaskOpKind::kPadding: stack[top++] = op.padding.classify(b, box); break;
-      case MaskOpKind::kEagle3: stack[top++] = op.eagle3.classify(b, box); break;
       case MaskOpKind::kAnd:
         --top;
         stack[top - 1] = detail::and_class(stack[top - 1], stack[top]);
@@ -91,6 +110,7 @@ __device__ inline TileClass classify(const BuildParams& p, int64_t b, int64_t m,
         --top;
         stack[top - 1] = detail::or_class(stack[top - 1], stack[top]);
         break;
+      default: stack[top++] = classify_leaf(p, op, b, m, n, box); break;
     }
   }
   return stack[0];
@@ -204,16 +224,16 @@ __global__ void __launch_bounds__(kThreads, 1) classify_rows_kernel(const __grid
   __shared__ typename BlockScan::TempStorage scan_storage;
   __shared__ uint8_t states[kThreads];
   __shared__ int16_t checks[kThreads];  // chunk positions of the tiles to evaluate
-  __shared__ int any_visible[kTilesPerPass];
-  __shared__ int all_visible[kTilesPerPass];
+  __shared__ int any_visible[kThreads];  // per check: some element visible
+  __shared__ int all_visible[kThreads];  // per check: every in-range element visible
+  __shared__ uint16_t open_boxes[kThreads * kSubBoxes];  // check * kSubBoxes + box, undecided boxes
+  __shared__ int num_open;
   __shared__ bool last_row;
 
   const int64_t row = blockIdx.x;
   const int64_t b = row / p.mq;
   const int64_t m = row % p.mq;
   const int tid = threadIdx.x;
-  const int slot = tid / kTileSize;  // pass slot of this thread; a warp lies within one slot
-  const int r = tid % kTileSize;     // tile row of this thread
   int32_t* kv_list = p.kv_indices + row * p.n;
   int32_t* full_list = p.full_kv_indices + row * p.n;
   int partial_count = 0;
@@ -235,29 +255,50 @@ __global__ void __launch_bounds__(kThreads, 1) classify_rows_kernel(const __grid
                                                             : kStateCheck;
     }
     states[tid] = state;
+    any_visible[tid] = 0;
+    all_visible[tid] = 1;
+    if (tid == 0) num_open = 0;
     int position, num_checks;
     BlockScan(scan_storage).ExclusiveSum(state == kStateCheck ? 1 : 0, position, num_checks);
     if (state == kStateCheck) checks[position] = static_cast<int16_t>(tid);
     __syncthreads();
 
     // Refine as the CPU builder does: nothing visible -> empty; complete and all visible -> full.
-    for (int first = 0; first < num_checks; first += kTilesPerPass) {
-      if (tid < kTilesPerPass) {
-        any_visible[tid] = 0;
-        all_visible[tid] = 1;
+    // A box's class is sound (empty: nothing visible in it; full: all of it visible), so boxes
+    // classified empty or full decide their rows; the rows of the other boxes are evaluated. A
+    // tile cut by a length (a row of tiles all undecided) costs one box of rows, not 128 rows.
+    if (num_checks > 0) {
+      for (int item = tid; item < num_checks * kSubBoxes; item += kThreads) {
+        const int c = item / kSubBoxes;
+        const int64_t nc = chunk + checks[c];
+        const TileBox box = tile_box(p, m, nc);
+        const int64_t first = box.q_first + (item % kSubBoxes) * kSubRows;
+        if (first > box.q_last) continue;  // past Q_LEN
+        const TileBox sub{first, detail::min64(box.q_last, first + kSubRows - 1), box.kv_first, box.kv_last};
+        const TileClass cls = classify(p, b, m, nc, sub);
+        if (cls == TileClass::kEmpty) {
+          atomicAnd(&all_visible[c], 0);
+        } else if (cls == TileClass::kFull) {
+          atomicOr(&any_visible[c], 1);
+        } else {
+          open_boxes[atomicAdd(&num_open, 1)] = static_cast<uint16_t>(item);
+        }
       }
       __syncthreads();
-      const int c = first + slot;
-      if (c < num_checks) {
-        const TileBox box = tile_box(p, m, chunk + checks[c]);
+      const int open_rows = num_open * kSubRows;
+      for (int item = tid; item < open_rows; item += kThreads) {
+        const int open = open_boxes[item / kSubRows];
+        const int c = open / kSubBoxes;
+        const int r = (open % kSubBoxes) * kSubRows + item % kSubRows;  // tile row
+        const int64_t nc = chunk + checks[c];
+        const TileBox box = tile_box(p, m, nc);
+        if (box.q_first + r > box.q_last) continue;  // past Q_LEN
         bool any = false, all = true;
         if (row_classes_exact) {
-          if (box.q_first + r <= box.q_last) {
-            const TileBox row_box{box.q_first + r, box.q_first + r, box.kv_first, box.kv_last};
-            const TileClass cls = classify(p, b, m, chunk + checks[c], row_box);
-            any = cls != TileClass::kEmpty;
-            all = cls == TileClass::kFull;
-          }
+          const TileBox row_box{box.q_first + r, box.q_first + r, box.kv_first, box.kv_last};
+          const TileClass cls = classify(p, b, m, nc, row_box);
+          any = cls != TileClass::kEmpty;
+          all = cls == TileClass::kFull;
         } else {
           uint32_t words[kBitmapWordsPerRow];
           tile_row(p, b, box, r, words);
@@ -266,19 +307,15 @@ __global__ void __launch_bounds__(kThreads, 1) classify_rows_kernel(const __grid
             all = all && words[w] == in_range_word(box, r, w);
           }
         }
-        any = __any_sync(~0u, any);
-        all = __all_sync(~0u, all);
-        if (tid % 32 == 0) {
-          if (any) atomicOr(&any_visible[slot], 1);
-          if (!all) atomicAnd(&all_visible[slot], 0);
-        }
+        if (any) atomicOr(&any_visible[c], 1);
+        if (!all) atomicAnd(&all_visible[c], 0);
       }
       __syncthreads();
-      if (r == 0 && c < num_checks) {
-        const bool whole = complete(tile_box(p, m, chunk + checks[c]));
-        states[checks[c]] = !any_visible[slot]               ? kStateEmpty
-                            : whole && all_visible[slot] != 0 ? kStateFull
-                                                              : kStatePartial;
+      if (tid < num_checks) {
+        const bool whole = complete(tile_box(p, m, chunk + checks[tid]));
+        states[checks[tid]] = !any_visible[tid]               ? kStateEmpty
+                              : whole && all_visible[tid] != 0 ? kStateFull
+                                                               : kStatePartial;
       }
       __syncthreads();
     }
@@ -329,30 +366,39 @@ __device__ inline void write_bitmap(const BuildParams& p, int64_t id, int r) {
   reinterpret_cast<uint4*>(p.bitmaps + id * kBitmapWords)[r] = make_uint4(words[0], words[1], words[2], words[3]);
 }
 
-// The q lists of kv-tile column `column` (= b * n + kv tile), from the states of its tiles.
-__device__ inline void write_column_lists(const BuildParams& p, int64_t column,
-                                          typename BlockScan::TempStorage& storage) {
+// The q lists of kv-tile column `column` (= b * n + kv tile), from the states of its tiles: a
+// warp, 32 q tiles per ballot, kColumnLoads loads in flight per lane.
+__device__ inline void write_column_lists(const BuildParams& p, int64_t column, int lane) {
+  constexpr int kColumnLoads = 4;
   const int64_t b = column / p.n;
   const int64_t n = column % p.n;
+  const uint8_t* states = p.tile_states + b * p.mq * p.n + n;  // + m * p.n
   int32_t* q_list = p.q_indices + column * p.mq;
   int32_t* full_list = p.full_q_indices + column * p.mq;
+  const uint32_t below = (1u << lane) - 1;
   int partial_count = 0;
   int full_count = 0;
-  for (int64_t chunk = 0; chunk < p.mq; chunk += kThreads) {
-    const int64_t m = chunk + threadIdx.x;
-    const uint8_t state = m < p.mq ? p.tile_states[(b * p.mq + m) * p.n + n] : kStateEmpty;
-    const int packed = (state == kStatePartial ? 1 : 0) + (state == kStateFull ? 1 << kFullShift : 0);
-    int offset, total;
-    BlockScan(storage).ExclusiveSum(packed, offset, total);
-    if (state == kStatePartial) q_list[partial_count + (offset & 0xffff)] = static_cast<int32_t>(m);
-    if (state == kStateFull) full_list[full_count + (offset >> kFullShift)] = static_cast<int32_t>(m);
-    partial_count += total & 0xffff;
-    full_count += total >> kFullShift;
-    __syncthreads();
+  for (int64_t chunk = 0; chunk < p.mq; chunk += 32 * kColumnLoads) {
+    uint8_t state[kColumnLoads];
+#pragma unroll
+    for (int k = 0; k < kColumnLoads; ++k) {
+      const int64_t m = chunk + 32 * k + lane;
+      state[k] = m < p.mq ? states[m * p.n] : kStateEmpty;
+    }
+#pragma unroll
+    for (int k = 0; k < kColumnLoads; ++k) {
+      const int32_t m = static_cast<int32_t>(chunk + 32 * k + lane);
+      const uint32_t partial = __ballot_sync(~0u, state[k] == kStatePartial);
+      const uint32_t full = __ballot_sync(~0u, state[k] == kStateFull);
+      if (state[k] == kStatePartial) q_list[partial_count + __popc(partial & below)] = m;
+      if (state[k] == kStateFull) full_list[full_count + __popc(full & below)] = m;
+      partial_count += __popc(partial);
+      full_count += __popc(full);
+    }
   }
-  for (int64_t i = partial_count + threadIdx.x; i < p.mq; i += kThreads) q_list[i] = 0;
-  for (int64_t i = full_count + threadIdx.x; i < p.mq; i += kThreads) full_list[i] = 0;
-  if (threadIdx.x == 0) {
+  for (int64_t i = partial_count + lane; i < p.mq; i += 32) q_list[i] = 0;
+  for (int64_t i = full_count + lane; i < p.mq; i += 32) full_list[i] = 0;
+  if (lane == 0) {
     p.q_num_blocks[column] = partial_count;
     p.full_q_num_blocks[column] = full_count;
   }
@@ -361,12 +407,11 @@ __device__ inline void write_column_lists(const BuildParams& p, int64_t column,
 inline constexpr int kBitmapsPerCta = 2 * kTilesPerPass;
 
 // CTAs [0, bitmap_ctas): kBitmapsPerCta bitmaps each, by id, over the capacity (the true count
-// is known only here: CTAs past it return at once); the rest: one kv-tile column's q lists each.
-// Spreading bitmaps by id keeps a row of many partial tiles (a sample's length boundary) from
-// serializing on one CTA.
+// is known only here: CTAs past it return at once); the rest: kColumnsPerCta kv-tile columns'
+// q lists each, a warp per column. Spreading bitmaps by id keeps a row of many partial tiles (a
+// sample's length boundary) from serializing on one CTA.
 __global__ void __launch_bounds__(kThreads, 1) finish_kernel(const __grid_constant__ BuildParams p,
                                                               int64_t bitmap_ctas) {
-  __shared__ typename BlockScan::TempStorage scan_storage;
   const int64_t block = blockIdx.x;
   if (block < bitmap_ctas) {
     const int64_t count = detail::min64(__ldcg(&p.counters[1]), p.capacity);
@@ -375,7 +420,8 @@ __global__ void __launch_bounds__(kThreads, 1) finish_kernel(const __grid_consta
       if (id < count) write_bitmap(p, id, threadIdx.x % kTileSize);
     }
   } else {
-    write_column_lists(p, block - bitmap_ctas, scan_storage);
+    const int64_t column = (block - bitmap_ctas) * kColumnsPerCta + threadIdx.x / 32;
+    if (column < p.rows / p.mq * p.n) write_column_lists(p, column, threadIdx.x % 32);
   }
 }
 

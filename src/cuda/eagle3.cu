@@ -160,6 +160,8 @@ class RowLocalBackward final : public BackwardRowPass {
     head_dim_ = static_cast<int>(q.sizes[3]);
   }
 
+  sm80::RowLimit row_limit() const override { return p_.keys.limit; }
+
   void run(const BackwardRowStats& stats, void* stream) const override {
     if (p_.keys.count == 0) return;
     sm80::RowLocalBwdParams p = p_;

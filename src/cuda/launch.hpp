@@ -5,6 +5,7 @@
 
 #include <cstddef>
 
+#include "cuda/sm80/row_limit.hpp"
 #include "flashflex/attention.hpp"
 
 namespace flashflex::sm80 {
@@ -28,10 +29,12 @@ struct BackwardRowStats {
 };
 
 // A pass run on the stream between the block-sparse kernel and dQ's conversion (EAGLE3's
-// row-local keys, src/cuda/eagle3.cu).
+// row-local keys, src/cuda/eagle3.cu), with the per-sample row limit of its problem: the
+// block-sparse kernel skips the q tiles no row of which sees anything.
 class BackwardRowPass {
  public:
   virtual void run(const BackwardRowStats& stats, void* stream) const = 0;
+  virtual sm80::RowLimit row_limit() const = 0;
 
  protected:
   ~BackwardRowPass() = default;

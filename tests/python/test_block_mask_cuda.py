@@ -1,8 +1,8 @@
 """The GPU block-mask builder (flashflex.create_block_mask(..., device="cuda") with a built-in
 mask) against the CPU builder: the same lists, the same partial ids (both number partial tiles
 row-major over (b, m), ascending n) and the same bitmaps, for every built-in mask, odd lengths,
-Q_LEN != KV_LEN, per-sample data with B > 1, combinations; and CUDA-graph capture of the causal
-and EAGLE3 builds. Skipped without a CUDA device or without the CUDA build."""
+Q_LEN != KV_LEN, per-sample data with B > 1, combinations, rows of tiles all undecided (a length
+cutting a q-tile row); and CUDA-graph capture of the causal and EAGLE3 builds. Skipped without a CUDA device or without the CUDA build."""
 
 from __future__ import annotations
 
@@ -106,6 +106,20 @@ def test_large_eagle3_and_causal():
     T = 16384
     check(masks.causal(), None, None, T, T, "causal 16384")
     check(masks.eagle3(6, T), None, None, T, 7 * T, "eagle3 step 6, 16384")
+
+
+def test_rows_of_undecided_tiles():
+    """A length cutting a q-tile row leaves every tile of that row undecided: the refinement's
+    boxes and rows at their most (a chunk of 512 undecided tiles, rows past Q_LEN, several
+    chunks), alone and combined."""
+    q_len, kv_len = 1000, 70000  # 547 kv tiles: a chunk of 512, then 35
+    check(masks.padding([1000, 61, 999], None), 3, 1, q_len, kv_len, "padding q_lengths")
+    check(masks.padding([61, 1000], [kv_len - 5, 129]), 2, 1, q_len, kv_len, "padding both")
+    check(masks.prefix_lm([kv_len - 1, 300]), 2, 1, q_len, kv_len, "prefix_lm long prefix")
+    check(masks.padding([130, 1000]) & masks.causal(kv_len - q_len), 2, 1, q_len, kv_len, "padding & causal")
+    T = 16384
+    for step in (1, 6):
+        check(masks.eagle3(step, T, [T, T - 200]), 2, 1, T, (step + 1) * T, f"eagle3 {step} {T} lengths")
 
 
 @pytest.mark.parametrize("which", ["causal", "eagle3"])

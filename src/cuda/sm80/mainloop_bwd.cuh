@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
     QWalkState w;
     BwdStep st;
     int side = 0;
-    QWalk<Tr::kBlockM>::start(w, kv_head * p.group + split * p.heads_per_cta);
+    QWalk<Tr::kBlockM>::start(w, kv_head * p.group + split * p.heads_per_cta, p.rows.valid_rows(b, p.q_len));
     const int32_t* fetch = QWalk<Tr::kBlockM>::next(w, p, b, kv_tile, st, side);
     s_steps[0] = st;
     if (st.valid) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/score_mod.cuh"
+#include "cuda/sm80/row_limit.hpp"
 
 namespace flashflex::sm80 {
 
@@ -63,6 +64,9 @@ struct BwdParams {
   BwdTensor dbias;
 
   BwdMask mask;
+  // Rows of sample b at or past rows.valid_rows(b, q_len) see nothing (their LSE is -inf): the q
+  // walk skips the q tiles that start there (EAGLE3's padded samples; default: no limit).
+  RowLimit rows;
 
   // Workspace.
   float* dq_accum = nullptr;  // [B, Hq, q_len_pad, D] fp32, zeroed before the main kernel

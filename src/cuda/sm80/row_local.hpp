@@ -9,31 +9,13 @@
 #include <cstdint>
 
 #include "cuda/sm80/params_bwd.hpp"
-#include "mask/bitmap.hpp"  // FLASHFLEX_HOST_DEVICE
+#include "cuda/sm80/row_limit.hpp"
 
 namespace flashflex::sm80 {
 
 // Most row-local blocks one launch takes (TTT step k <= 15): the pointer tables travel in the
 // kernel parameters, which keeps a call free of host-to-device copies (CUDA-graph friendly).
 inline constexpr int kMaxRowLocalBlocks = 15;
-
-// Valid rows of sample b: clamp((lengths ? lengths[b] : q_len) - shift, 0, q_len).
-struct RowLimit {
-  const void* lengths = nullptr;  // int32 or int64 [batch] on the device, or null
-  int64_t lengths_stride = 1;     // elements
-  bool lengths_int64 = false;
-  int shift = 0;  // the TTT step k
-
-  FLASHFLEX_HOST_DEVICE int valid_rows(int b, int q_len) const {
-    int64_t n = q_len;
-    if (lengths != nullptr) {
-      const int64_t at = b * lengths_stride;
-      n = lengths_int64 ? static_cast<const int64_t*>(lengths)[at] : static_cast<const int32_t*>(lengths)[at];
-    }
-    n -= shift;
-    return static_cast<int>(n < 0 ? 0 : (n > q_len ? q_len : n));
-  }
-};
 
 // Forward: K_1..K_count and V_1..V_count, each [B, Hkv, T, D] through strides.
 struct RowLocalKeys {

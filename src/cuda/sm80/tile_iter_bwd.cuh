@@ -3,7 +3,8 @@
 // ascending order, merged from the partial list (q_num_blocks / q_indices: masked with the tile's
 // bitmap) and the full list (full_q_*: no mask work except sequence bounds on ragged tiles);
 // without a block mask every q tile is full. Each 128-row q tile is cut into 128 / kBlockM
-// sub-tiles; sub-tiles starting at or past Q_LEN are skipped.
+// sub-tiles; sub-tiles starting at or past Q_LEN, or past the sample's row limit (BwdParams::rows),
+// are skipped.
 // Ascending q tiles matter for deterministic mode: the CTAs that add into one q tile of dQ take
 // turns in descending kv order, so every CTA walking upwards keeps the turns a wavefront.
 // One thread advances the walk; its state and the steps live in shared memory (no register is
@@ -40,6 +41,7 @@ struct alignas(16) QWalkState {
   int next_entry[2];       // list s's entry index[s] when index[s] < count[s] (filled by cp.async)
   int started;
   int head0;  // first query head of the CTA
+  int rows;   // q rows of the sample that see anything (BwdParams::rows)
   int head;   // 0 .. heads_per_cta - 1 (query head head0 + head)
   int tile;
   int sub;
@@ -51,10 +53,11 @@ template <int kBlockM>
 struct QWalk {
   static constexpr int kSubTiles = kTileSize / kBlockM;
 
-  // Starts a walk over query heads head0 .. head0 + heads_per_cta - 1.
-  __device__ static void start(QWalkState& w, int head0) {
+  // Starts a walk over query heads head0 .. head0 + heads_per_cta - 1, over q rows below `rows`.
+  __device__ static void start(QWalkState& w, int head0, int rows) {
     w.started = 0;
     w.head0 = head0;
+    w.rows = rows;
   }
 
   // Advances `w` (a register copy of the state) and writes the next step into `s` (s.valid = 0
@@ -66,16 +69,17 @@ struct QWalk {
                                         int& fetch_side) {
     if (w.started) {
       ++w.sub;
-      if (w.sub < kSubTiles && w.tile * kTileSize + w.sub * kBlockM < p.q_len) {
+      if (w.sub < kSubTiles && w.tile * kTileSize + w.sub * kBlockM < w.rows) {
         fill(w, s);
         return nullptr;
       }
       w.sub = 0;
     } else {
-      const int head0 = w.head0;
+      const int head0 = w.head0, rows = w.rows;
       w = QWalkState{};
       w.started = 1;
       w.head0 = head0;
+      w.rows = rows;
       open_lists(w, p, b, kv_tile);
     }
     for (;;) {
@@ -88,6 +92,11 @@ struct QWalk {
         const int i = (full ? w.index[1] : w.index[0]) + 1;
         const int count = full ? w.count[1] : w.count[0];
         w.tile = listed ? entry : i - 1;
+        if (w.tile * kTileSize >= w.rows) {  // ascending tiles: none of this head's others is below
+          w.index[0] = w.count[0];
+          w.index[1] = w.count[1];
+          continue;
+        }
         w.partial = !full;
         if (full) {
           w.index[1] = i;
