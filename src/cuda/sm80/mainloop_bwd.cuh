@@ -4,7 +4,8 @@
 // tiles that the block mask lists for its kv tile (tile_iter_bwd.cuh). Per step of kBlockM rows:
 //   S = Q K^T, dP = dO V^T                      (gemm_bwd.cuh, warps kWarpsSdpM x kWarpsSdpN)
 //   P = exp2(mod(S) - LSE2) on visible scores, dS = P (dP - dpsum) mod'   (mod_mask_bwd.cuh)
-//   P, dS -> shared memory (16-bit); dV += P^T dO, dK += dS^T Q; dQacc += dS K (fp32 red.add)
+//   P, dS -> shared memory (16-bit); dQacc += dS K (fp32 red.add); dV += P^T dO, dK += dS^T Q
+//   (deterministic mode: dV, dK before dQ)
 // Q and dO of the next step are prefetched (cp.async) as the current one starts; the walk itself
 // runs two steps ahead (three step slots in shared memory). dK, dV
 // are summed over the CTA's heads in registers (no atomics); epilogue_bwd.cuh stores dK * scale,
@@ -251,8 +252,12 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
     }
     __syncthreads();  // (B) P, dS and the walk's new step visible to every warp
 
+    // After (B) the three GEMMs read only P, dS, Q, dO, K: any order is correct. dQ goes first: its
+    // fp32 reductions (kBlockM x kHeadDim x 4 bytes per step, through L1 to L2) then drain while the
+    // dV / dK GEMMs keep the tensor pipe busy, instead of queueing in front of the next step's loads
+    // and ldmatrix. Deterministic mode keeps dV / dK first, so that they hide its semaphore wait.
     // ---- dV += P^T dO, dK += dS^T Q ------------------------------------------------------------
-    {
+    auto dkv_gemms = [&]() {
       // ldmatrix bases: P^T per 16 kv rows (dS = P + kPBytes), dO per 16 columns (Q = dO - kDoFromQ).
       uint32_t kv_a[Tr::kKvFragsN], kv_b[Tr::kKvFragsD / 2];
 #pragma unroll
@@ -261,14 +266,14 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
 #pragma unroll
       for (int np = 0; np < Tr::kKvFragsD / 2; ++np)
         kv_b[np] = b_base<Tr::kHeadDim>(smem + Tr::kOffQ + stage_off, lane, kv_col0 + np * 16);
-    gemm_atb<T, Tr::kKvFragsN, Tr::kKvFragsD, Tr::kBlockM, Tr::kBlockN, Tr::kHeadDim>(
-        dv_acc, kv_a, 0, kv_b, kDoFromQ);
-    gemm_atb<T, Tr::kKvFragsN, Tr::kKvFragsD, Tr::kBlockM, Tr::kBlockN, Tr::kHeadDim>(
-        dk_acc, kv_a, Tr::kPBytes, kv_b, 0);
-    }
+      gemm_atb<T, Tr::kKvFragsN, Tr::kKvFragsD, Tr::kBlockM, Tr::kBlockN, Tr::kHeadDim>(
+          dv_acc, kv_a, 0, kv_b, kDoFromQ);
+      gemm_atb<T, Tr::kKvFragsN, Tr::kKvFragsD, Tr::kBlockM, Tr::kBlockN, Tr::kHeadDim>(
+          dk_acc, kv_a, Tr::kPBytes, kv_b, 0);
+    };
 
     // ---- dQacc += dS K --------------------------------------------------------------------------
-    {
+    auto dq_gemm = [&]() {
       float dq_acc[Tr::kDqFragsM][Tr::kDqFragsD][4];
       zero(dq_acc);
       const uint32_t dq_a = a_base<Tr::kBlockN>(smem + Tr::kOffDs, lane, dq_row0);
@@ -315,6 +320,14 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
         __syncthreads();
         if (tid == 0) atomicExch(sem, rank + 1);
       }
+    };
+
+    if (p.deterministic) {
+      dkv_gemms();
+      dq_gemm();
+    } else {
+      dq_gemm();
+      dkv_gemms();
     }
   }
 
