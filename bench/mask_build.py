@@ -6,7 +6,7 @@ build captured once in a CUDA graph and replayed, and torch's create_block_mask
 (BLOCK_SIZE=128) on the same mask_mod. CUDA-event timing, warm-up first, median of --iters
 runs (torch: --torch-iters). Prints a markdown table. Without a GPU it says so and exits 0.
 
-    python bench/mask_build.py [--iters 100] [--torch-iters 10] [--no-torch]
+    python bench/mask_build.py [--iters 100] [--torch-iters 10] [--no-torch] [--only SUBSTRING]
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--torch-iters", type=int, default=10)
     parser.add_argument("--no-torch", action="store_true", help="skip torch's create_block_mask")
+    parser.add_argument("--only", default="", help="time only the masks whose 'name shape' contains this")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("mask_build: no CUDA device; nothing to time")
@@ -69,6 +70,8 @@ def main() -> int:
           "| torch create_block_mask (us) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, shape, mask, B, q_len, kv_len in cases(flashflex):
+        if args.only not in f"{name} {shape}":
+            continue
         num_bytes, _, _, capacity = C.block_mask_cuda_size(mask._native, B, 1, q_len, kv_len)
         buffer = torch.empty(num_bytes, dtype=torch.uint8, device=device)
         stream = torch.cuda.current_stream(device).cuda_stream

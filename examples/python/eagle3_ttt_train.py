@@ -11,12 +11,15 @@ sum_s 0.8^s loss_s.
 
 Reference: ReferenceEagle3Attention, the same module with its attention replaced by the
 upstream formulation: K/V of all steps concatenated to [B, Hkv, (s + 1) T, D] with the
-customers' generate_eagle3_mask (lengths reduced by the step). On the CPU (flashflex's
-ttt_attention is CPU only for now, and torch's flex_attention has no CPU backward) the mask is
-evaluated densely and run by scaled_dot_product_attention in float64. Exits 1 if the gradients
-differ beyond --tol (max over parameters of max|g - g_ref| / max|g_ref|).
+customers' generate_eagle3_mask (lengths reduced by the step).
+  --device cpu (default): both in float32 / float64; torch's flex_attention has no CPU backward,
+    so the reference evaluates the mask densely and runs scaled_dot_product_attention in float64.
+  --device cuda: both in bfloat16 on the GPU (flashflex's CUDA kernels), the reference through
+    torch's flex_attention (torch.compile'd, a BlockMask of the customers' mask_mod per step):
+    the torch-flex path of the trainers. Agreement is then to bf16 tolerance.
+Exits 1 if the gradients differ beyond --tol (max over parameters of max|g - g_ref| / max|g_ref|).
 
-    python examples/python/eagle3_ttt_train.py [--steps 4] [--ttt-length 7] [--seq-len 100]
+    python examples/python/eagle3_ttt_train.py [--device cuda] [--steps 4] [--ttt-length 7]
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class ReferenceEagle3Attention(Eagle3Attention):
             lengths = torch.as_tensor(seq_lengths, dtype=torch.int64, device=q.device)
         lengths = lengths - step
         mask_mod = generate_eagle3_mask(lengths, q_len)
+        if q.is_cuda:
+            return flex_attend(q, key, value, mask_mod)
         b = torch.arange(bsz, device=q.device)[:, None, None]
         q_idx = torch.arange(q_len, device=q.device)[None, :, None]
         kv_idx = torch.arange(key.shape[2], device=q.device)[None, None, :]
@@ -74,6 +79,20 @@ class ReferenceEagle3Attention(Eagle3Attention):
         out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask,
                                              enable_gqa=q.shape[1] != key.shape[1])
         return torch.where(valid[:, None], out, torch.zeros_like(out))
+
+
+_compiled_flex = None
+
+
+def flex_attend(q, key, value, mask_mod):
+    """The trainers' GPU path: torch.compile(flex_attention) with a BlockMask of their mask_mod."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+    bsz, _, q_len, _ = q.shape
+    block_mask = create_block_mask(mask_mod, bsz, None, q_len, key.shape[2], device=q.device)
+    return _compiled_flex(q, key, value, block_mask=block_mask, enable_gqa=q.shape[1] != key.shape[1])
 
 
 class TinyDraft(nn.Module):
@@ -88,7 +107,7 @@ class TinyDraft(nn.Module):
     def forward(self, input_ids, hidden, targets, seq_lengths: torch.Tensor, ttt_length: int) -> List[torch.Tensor]:
         """Per-step losses of one TTT unroll (the caches live only for this batch)."""
         bsz, seq_len = input_ids.shape
-        position_ids = torch.arange(seq_len)[None, :].expand(bsz, seq_len)
+        position_ids = torch.arange(seq_len, device=input_ids.device)[None, :].expand(bsz, seq_len)
         cache_keys: list = []
         cache_values: list = []
         losses = []
@@ -96,7 +115,7 @@ class TinyDraft(nn.Module):
             x = torch.cat([self.embed_tokens(input_ids), hidden], dim=-1)
             hidden = hidden + self.self_attn(x, cache_keys, cache_values, position_ids, seq_lengths)
             logits = self.lm_head(hidden).float()
-            valid = torch.arange(seq_len)[None, :] < (seq_lengths - step)[:, None]
+            valid = torch.arange(seq_len, device=input_ids.device)[None, :] < (seq_lengths - step)[:, None]
             loss = F.cross_entropy(logits[valid], targets[valid]) if valid.any() else logits.sum() * 0
             losses.append(loss)
             # Next step: the tokens one further ahead (trainers' padding(input_ids, left=False)).
@@ -127,7 +146,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.3)
-    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--tol", type=float, default=None,
+                        help="default 1e-4 on the CPU (float32 vs float64), 5e-2 on CUDA (bf16 vs bf16)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -135,7 +156,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     model = TinyDraft(Eagle3Attention, args.vocab, args.hidden, args.heads, args.kv_heads, args.head_dim)
     ref = TinyDraft(ReferenceEagle3Attention, args.vocab, args.hidden, args.heads, args.kv_heads, args.head_dim)
     ref.load_state_dict(copy.deepcopy(model.state_dict()))
-    ref.double()
+    cuda = args.device == "cuda"
+    if args.tol is None:
+        args.tol = 5e-2 if cuda else 1e-4
+    # CUDA: both in bf16 (the kernels' dtype); CPU: flashflex float32 against a float64 reference.
+    model.to(args.device, torch.bfloat16 if cuda else torch.float32)
+    ref.to(args.device, torch.bfloat16 if cuda else torch.float64)
     # Plain SGD: both runs stay on the same trajectory up to rounding (Adam's normalisation would
     # amplify float32-vs-float64 rounding of near-zero gradient entries into weight drift).
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
@@ -143,22 +169,28 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     b, t = args.batch, args.seq_len
     # Unequal lengths: sample 0 full, the others shorter (the last rows of each step are invalid).
-    seq_lengths = torch.tensor([t] + [max(1, t - 23 * i) for i in range(1, b)], dtype=torch.int64)
+    seq_lengths = torch.tensor([t] + [max(1, t - 23 * i) for i in range(1, b)], dtype=torch.int64,
+                               device=args.device)
     history = []
     worst = 0.0
     times = {"flashflex": 0.0, "reference": 0.0}
     # One random batch, revisited every optimizer step (so the loss visibly goes down).
-    input_ids = torch.randint(args.vocab, (b, t))
-    targets = torch.randint(args.vocab, (b, t))
-    hidden = torch.randn(b, t, args.hidden)  # the target model's fused hidden states
+    input_ids = torch.randint(args.vocab, (b, t)).to(args.device)
+    targets = torch.randint(args.vocab, (b, t)).to(args.device)
+    hidden = torch.randn(b, t, args.hidden).to(args.device)  # the target model's fused hidden states
     for it in range(args.steps):
         row = {}
-        for name, m, o, h in (("flashflex", model, opt, hidden), ("reference", ref, ref_opt, hidden.double())):
+        model_dtype = next(model.parameters()).dtype
+        ref_dtype = next(ref.parameters()).dtype
+        for name, m, o, h in (("flashflex", model, opt, hidden.to(model_dtype)),
+                              ("reference", ref, ref_opt, hidden.to(ref_dtype))):
             start = time.perf_counter()
             o.zero_grad(set_to_none=True)
             losses = m(input_ids, h, targets, seq_lengths, args.ttt_length)
             total = sum(0.8 ** s * loss for s, loss in enumerate(losses))
             total.backward()
+            if cuda:
+                torch.cuda.synchronize()
             times[name] += time.perf_counter() - start
             row[name] = [loss.item() for loss in losses]
         diff = max_rel_grad_diff(model, ref)
@@ -173,7 +205,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print("  per TTT step reference: " + " ".join(f"{v:.4f}" for v in row["reference"]))
     finite = all(v == v and abs(v) != float("inf") for h in history for v in h["flashflex"] + h["reference"])
     ok = worst <= args.tol and finite
-    print(f"time fwd+bwd: flashflex {times['flashflex']:.2f} s, reference (float64) {times['reference']:.2f} s")
+    print(f"time fwd+bwd: flashflex {times['flashflex']:.2f} s, reference ({ref_dtype}) {times['reference']:.2f} s "
+          "(the reference's first step includes torch.compile)" if cuda else
+          f"time fwd+bwd: flashflex {times['flashflex']:.2f} s, reference ({ref_dtype}) {times['reference']:.2f} s")
     print(f"{'AGREE' if ok else 'DISAGREE'}: max relative gradient difference {worst:.2e} (tolerance {args.tol:.0e})")
     return {"ok": ok, "max_rel_grad_diff": worst, "history": history}
 
