@@ -87,10 +87,11 @@ __device__ __forceinline__ int opaque(int x) {
   return x;
 }
 
-// The kv block of this CTA. Deterministic mode runs kv blocks in reverse, so that a CTA waits only
-// for CTAs of higher kv blocks, which started before it.
+// The kv block of this CTA (grid: kv head x split, kv block, batch; launch_bwd.cuh). Deterministic
+// mode runs kv blocks in reverse, so that a CTA waits only for CTAs of higher kv blocks, which
+// started before it.
 __device__ __forceinline__ int kv_block_of(const BwdParams& p) {
-  return p.deterministic ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  return p.deterministic ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
 }
 
 template <class Tr, ScoreModKind kMod>
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
   const int tid = threadIdx.x;
 
   {  // K, V of this CTA
-    const int kv_head = blockIdx.y / p.splits;
+    const int kv_head = blockIdx.x / p.splits;
     const int valid = p.kv_len - n0;
     const T* k = static_cast<const T*>(p.k.data) + b * p.k.stride_b + kv_head * p.k.stride_h + n0 * p.k.stride_t;
     const T* v = static_cast<const T*>(p.v.data) + b * p.v.stride_b + kv_head * p.v.stride_h + n0 * p.v.stride_t;
@@ -125,7 +126,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
   }
   // The walk runs two steps ahead of the compute: step j in slot j % 3. Steps 0 and 1 now.
   if (tid == 0) {
-    const int kv_head = blockIdx.y / p.splits, split = blockIdx.y % p.splits;
+    const int kv_head = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
     QWalkState w;
     BwdStep st;
     int side = 0;
@@ -303,7 +304,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
                        q_tile) +
                  ctas_in_tile - 1 - kv_block_of(p) % kCtasPerTile;
         } else {
-          rank = gridDim.x - 1 - kv_block_of(p);
+          rank = gridDim.y - 1 - kv_block_of(p);
         }
         if (tid == 0) {
           while (ptx::ld_acquire_gpu(sem) != rank) {
@@ -338,7 +339,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
     }
   }
 
-  store_dkv<Tr>(p, smem_buf, dk_acc, dv_acc, b, blockIdx.y / p.splits, blockIdx.y % p.splits, n0, tid);
+  store_dkv<Tr>(p, smem_buf, dk_acc, dv_acc, b, blockIdx.x / p.splits, blockIdx.x % p.splits, n0, tid);
 }
 
 }  // namespace flashflex::sm80
