@@ -48,7 +48,14 @@ void launch_bwd_main(const BwdParams& p, void* stream) {
     FLASHFLEX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
     configured.fetch_or(bit);
   }
-  const dim3 grid(static_cast<unsigned>((p.kv_len + Tr::kBlockN - 1) / Tr::kBlockN), static_cast<unsigned>(p.kv_heads * p.splits),
+  // (kv head x split, kv block, batch): blocks launch in order of x fastest, so every kv head's
+  // first kv block starts before any second one (causal: the longest CTAs first, a shorter tail).
+  const int kv_blocks = (p.kv_len + Tr::kBlockN - 1) / Tr::kBlockN;
+  if (kv_blocks > 65535) {
+    throw Error(ErrorKind::kUnsupported, "k: the CUDA backward supports at most " + std::to_string(65535 * Tr::kBlockN) +
+                                             " keys for head_dim " + std::to_string(kHeadDim));
+  }
+  const dim3 grid(static_cast<unsigned>(p.kv_heads * p.splits), static_cast<unsigned>(kv_blocks),
                   static_cast<unsigned>(p.batch));
   kernel<<<grid, Tr::kNumThreads, Tr::kSmemBytes, static_cast<cudaStream_t>(stream)>>>(p);
   FLASHFLEX_CUDA_CHECK(cudaGetLastError());

@@ -30,8 +30,9 @@
 namespace flashflex::sm80 {
 
 // cp.async of a [kRows x kCols] tile from `gmem` (rows row_stride apart; the first `valid_rows`
-// in range, the rest zero-filled) into a swizzled shared tile, by all threads.
-template <class Tr, int kRows, int kCols>
+// in range, the rest zero-filled; kAllValid: every row in range) into a swizzled shared tile, by
+// all threads.
+template <class Tr, int kRows, int kCols, bool kAllValid = false>
 __device__ __forceinline__ void load_tile(uint32_t smem, const typename Tr::T* gmem, int64_t row_stride,
                                           int valid_rows, int tid) {
   constexpr int kChunksPerRow = kCols / 8;
@@ -43,26 +44,32 @@ __device__ __forceinline__ void load_tile(uint32_t smem, const typename Tr::T* g
   const uint32_t dst = smem + 2u * swizzle<kCols>(row, col);
 #pragma unroll
   for (int i = 0; i < kRows / kRowsPerPass; ++i) {
-    const bool valid = row + i * kRowsPerPass < valid_rows;
+    const bool valid = kAllValid || row + i * kRowsPerPass < valid_rows;
     ptx::cp_async_16(dst + i * kRowsPerPass * kCols * 2, valid ? src : gmem, valid);
     src += kRowsPerPass * row_stride;
   }
 }
 
 // Loads of one step into stage `stage`: Q, dO rows [m0, m0 + kBlockM) of head hq and their LSE2,
-// dpsum (workspace rows are padded to 128, so the statistics need no bounds).
+// dpsum (workspace rows are padded to 128, so the statistics need no bounds). The step carries
+// its row offsets (tile_iter_bwd.cuh): one 64-bit add per tensor here.
 template <class Tr>
-__device__ __forceinline__ void load_step(const BwdParams& p, uint32_t smem, int stage, int b, const BwdStep& s,
-                                          int tid) {
+__device__ __forceinline__ void load_step(const BwdParams& p, uint32_t smem, int stage, const BwdStep& s, int tid) {
   using T = typename Tr::T;
   const int valid = p.q_len - s.m0;
-  const T* q = static_cast<const T*>(p.q.data) + b * p.q.stride_b + s.hq * p.q.stride_h + s.m0 * p.q.stride_t;
-  const T* dout =
-      static_cast<const T*>(p.dout.data) + b * p.dout.stride_b + s.hq * p.dout.stride_h + s.m0 * p.dout.stride_t;
-  load_tile<Tr, Tr::kBlockM, Tr::kHeadDim>(smem + Tr::kOffQ + stage * Tr::kQBytes, q, p.q.stride_t, valid, tid);
-  load_tile<Tr, Tr::kBlockM, Tr::kHeadDim>(smem + Tr::kOffDo + stage * Tr::kQBytes, dout, p.dout.stride_t, valid,
-                                           tid);
-  const int64_t row = (static_cast<int64_t>(b) * p.q_heads + s.hq) * p.q_len_pad + s.m0;
+  const T* q = static_cast<const T*>(p.q.data) + s.q_off;
+  const T* dout = static_cast<const T*>(p.dout.data) + s.do_off;
+  if (valid >= Tr::kBlockM) {  // every step but the last of a ragged sequence: no compares, no selects
+    load_tile<Tr, Tr::kBlockM, Tr::kHeadDim, true>(smem + Tr::kOffQ + stage * Tr::kQBytes, q, p.q.stride_t, valid,
+                                                   tid);
+    load_tile<Tr, Tr::kBlockM, Tr::kHeadDim, true>(smem + Tr::kOffDo + stage * Tr::kQBytes, dout, p.dout.stride_t,
+                                                   valid, tid);
+  } else {
+    load_tile<Tr, Tr::kBlockM, Tr::kHeadDim>(smem + Tr::kOffQ + stage * Tr::kQBytes, q, p.q.stride_t, valid, tid);
+    load_tile<Tr, Tr::kBlockM, Tr::kHeadDim>(smem + Tr::kOffDo + stage * Tr::kQBytes, dout, p.dout.stride_t, valid,
+                                             tid);
+  }
+  const int64_t row = s.ws_row;
   if (tid < Tr::kBlockM) {
     ptx::cp_async_4(smem + Tr::kOffLse + stage * Tr::kStatBytes + 4 * tid, p.lse2 + row + tid, true);
   } else if (tid < 2 * Tr::kBlockM) {
@@ -80,10 +87,11 @@ __device__ __forceinline__ int opaque(int x) {
   return x;
 }
 
-// The kv block of this CTA. Deterministic mode runs kv blocks in reverse, so that a CTA waits only
-// for CTAs of higher kv blocks, which started before it.
+// The kv block of this CTA (grid: kv head x split, kv block, batch; launch_bwd.cuh). Deterministic
+// mode runs kv blocks in reverse, so that a CTA waits only for CTAs of higher kv blocks, which
+// started before it.
 __device__ __forceinline__ int kv_block_of(const BwdParams& p) {
-  return p.deterministic ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  return p.deterministic ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
 }
 
 template <class Tr, ScoreModKind kMod>
@@ -109,7 +117,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
   const int tid = threadIdx.x;
 
   {  // K, V of this CTA
-    const int kv_head = blockIdx.y / p.splits;
+    const int kv_head = blockIdx.x / p.splits;
     const int valid = p.kv_len - n0;
     const T* k = static_cast<const T*>(p.k.data) + b * p.k.stride_b + kv_head * p.k.stride_h + n0 * p.k.stride_t;
     const T* v = static_cast<const T*>(p.v.data) + b * p.v.stride_b + kv_head * p.v.stride_h + n0 * p.v.stride_t;
@@ -118,7 +126,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
   }
   // The walk runs two steps ahead of the compute: step j in slot j % 3. Steps 0 and 1 now.
   if (tid == 0) {
-    const int kv_head = blockIdx.y / p.splits, split = blockIdx.y % p.splits;
+    const int kv_head = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
     QWalkState w;
     BwdStep st;
     int side = 0;
@@ -143,7 +151,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
     }
   }
   __syncthreads();
-  if (s_steps[0].valid) load_step<Tr>(p, smem, 0, b, s_steps[0], tid);
+  if (s_steps[0].valid) load_step<Tr>(p, smem, 0, s_steps[0], tid);
   ptx::cp_async_commit();
 
   float dv_acc[Tr::kKvFragsN][Tr::kKvFragsD][4];
@@ -159,7 +167,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
     const int next_slot = slot == 2 ? 0 : slot + 1, after_slot = next_slot == 2 ? 0 : next_slot + 1;
     const BwdStep& nxt = s_steps[next_slot];
     // Prefetch the next step into the other stage (last read by the previous step, before (A)).
-    if (nxt.valid) load_step<Tr>(p, smem, stage ^ 1, b, nxt, tid);
+    if (nxt.valid) load_step<Tr>(p, smem, stage ^ 1, nxt, tid);
     // The walk's step after next, into the slot of the previous step (its readers finished before
     // (A)). Here, not after the elementwise step: warp 0 is the only one that waits for it, and
     // the other warp of its scheduler keeps the tensor pipe busy meanwhile; before (B) every warp
@@ -296,7 +304,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
                        q_tile) +
                  ctas_in_tile - 1 - kv_block_of(p) % kCtasPerTile;
         } else {
-          rank = gridDim.x - 1 - kv_block_of(p);
+          rank = gridDim.y - 1 - kv_block_of(p);
         }
         if (tid == 0) {
           while (ptx::ld_acquire_gpu(sem) != rank) {
@@ -304,7 +312,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
         }
         __syncthreads();
       }
-      float* dq = p.dq_accum + ((static_cast<int64_t>(b) * p.q_heads + hq) * p.q_len_pad + cur.m0) * Tr::kHeadDim;
+      float* dq = p.dq_accum + cur.ws_row * Tr::kHeadDim;
 #pragma unroll
       for (int mi = 0; mi < Tr::kDqFragsM; ++mi)
 #pragma unroll
@@ -331,7 +339,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
     }
   }
 
-  store_dkv<Tr>(p, smem_buf, dk_acc, dv_acc, b, blockIdx.y / p.splits, blockIdx.y % p.splits, n0, tid);
+  store_dkv<Tr>(p, smem_buf, dk_acc, dv_acc, b, blockIdx.x / p.splits, blockIdx.x % p.splits, n0, tid);
 }
 
 }  // namespace flashflex::sm80

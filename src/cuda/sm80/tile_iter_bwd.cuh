@@ -23,7 +23,9 @@
 
 namespace flashflex::sm80 {
 
-// One step of the walk: q rows [m0, m0 + kBlockM) of query head `hq`.
+// One step of the walk: q rows [m0, m0 + kBlockM) of query head `hq`, with the offsets of its
+// first row in Q, dO (elements) and in the workspace rows (LSE2, dpsum; times the head dim: dQacc),
+// computed once by the walking thread instead of by every thread of the step.
 struct alignas(8) BwdStep {
   int valid;     // 0: the walk is over
   int partial;   // 1: a partial tile (bitmap), 0: full
@@ -31,6 +33,7 @@ struct alignas(8) BwdStep {
   int q_tile;    // 128-row mask tile
   int m0;        // first q row
   int mask_bh;   // (batch, head) index into the block mask's arrays
+  int64_t q_off, do_off, ws_row;
 };
 
 struct alignas(16) QWalkState {
@@ -70,7 +73,7 @@ struct QWalk {
     if (w.started) {
       ++w.sub;
       if (w.sub < kSubTiles && w.tile * kTileSize + w.sub * kBlockM < w.rows) {
-        fill(w, s);
+        fill(w, p, b, s);
         return nullptr;
       }
       w.sub = 0;
@@ -103,7 +106,7 @@ struct QWalk {
         } else {
           w.index[0] = i;
         }
-        fill(w, s);
+        fill(w, p, b, s);
         fetch_side = full ? 1 : 0;
         if (!listed || i >= count) return nullptr;
         return (full ? p.mask.full_q_indices : p.mask.q_indices) + w.list_off + i;
@@ -144,13 +147,17 @@ struct QWalk {
   }
 
  private:
-  __device__ static void fill(const QWalkState& w, BwdStep& s) {
+  __device__ static void fill(const QWalkState& w, const BwdParams& p, int b, BwdStep& s) {
+    const int hq = w.head0 + w.head, m0 = w.tile * kTileSize + w.sub * kBlockM;
     s.valid = 1;
     s.partial = w.partial;
-    s.hq = w.head0 + w.head;
+    s.hq = hq;
     s.q_tile = w.tile;
-    s.m0 = w.tile * kTileSize + w.sub * kBlockM;
+    s.m0 = m0;
     s.mask_bh = w.mask_bh;
+    s.q_off = b * p.q.stride_b + hq * p.q.stride_h + m0 * p.q.stride_t;
+    s.do_off = b * p.dout.stride_b + hq * p.dout.stride_h + m0 * p.dout.stride_t;
+    s.ws_row = (static_cast<int64_t>(b) * p.q_heads + hq) * p.q_len_pad + m0;
   }
 };
 
