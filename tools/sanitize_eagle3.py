@@ -1,8 +1,9 @@
 """Small EAGLE3 CUDA cases for compute-sanitizer (memcheck, racecheck), run by
 tools/device_check.sh: the device mask build, the forward with the row-local keys folded in, the
 block-sparse backward over block 0 and the row-local pass; every head dim and dtype, an odd
-length, GQA 5, a sample with no valid row, deterministic mode. Asserts only that results are
-finite; correctness is tests/python/test_eagle3_cuda.py's job.
+length, GQA 5, a sample with no valid row, deterministic mode. Then the GPU block-mask builder
+over every built-in mask kind and a combination, at odd sizes. Asserts only that results are
+finite; correctness is tests/python/test_eagle3_cuda.py's and test_block_mask_cuda.py's job.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck python3 tools/sanitize_eagle3.py
 """
@@ -11,7 +12,8 @@ import math
 
 import torch
 
-from flashflex import _C
+import flashflex
+from flashflex import _C, masks
 from flashflex._tensor_ref import stream_of, tensor_ref
 
 
@@ -45,6 +47,25 @@ def run_case(dtype, head_dim, step, deterministic) -> None:
         assert torch.isfinite(t.cpu().float()).all(), (name, dtype, head_dim, step)
 
 
+def build_masks() -> int:
+    q_len, kv_len = 333, 461
+    doc = torch.repeat_interleave(torch.arange(5), torch.tensor([70, 1, 130, 90, 170]))[None, :]
+    cases = [
+        (masks.causal(kv_len - q_len), None, q_len, kv_len),
+        (masks.sliding_window(40, 90), None, q_len, kv_len),
+        (masks.document(doc[:, :q_len], doc), 1, q_len, kv_len),
+        (masks.prefix_lm([100, 7]), 2, q_len, kv_len),
+        (masks.padding([300, 0], [129, 461]), 2, q_len, kv_len),
+        (masks.eagle3(4, 333, [333, 200]), 2, 333, 5 * 333),
+        (masks.causal() & masks.padding([250, 333]) | masks.sliding_window(3, 3), 2, q_len, q_len),
+    ]
+    for mask, batch, ql, kl in cases:
+        built = flashflex.create_block_mask(mask, batch, None, ql, kl, device="cuda")
+        torch.cuda.synchronize()
+        assert built.kv_num_blocks.min().item() >= 0, mask
+    return len(cases)
+
+
 def main() -> None:
     torch.manual_seed(0)
     calls = 0
@@ -55,7 +76,8 @@ def main() -> None:
     run_case(torch.bfloat16, 128, 3, deterministic=True)
     run_case(torch.bfloat16, 64, 0, deterministic=False)
     calls += 2
-    print(f"sanitize_eagle3: {calls} forward + backward calls ran")
+    builds = build_masks()
+    print(f"sanitize_eagle3: {calls} forward + backward calls, {builds} device mask builds ran")
 
 
 if __name__ == "__main__":
