@@ -342,17 +342,28 @@ def median_us(fn: Callable, device, iters: int = 20, warmup: int = 3) -> float:
 
 def flashflex_internal_mask_us(u: Unroll, device) -> Optional[float]:
     """flashflex's TTT path needs no mask from the caller; on CUDA it builds block 0's causal
-    BlockMask on the device inside every call (already in its forward time). This times that
-    build alone through flashflex.create_block_mask (masks.eagle3(0, T, lengths): causal with the
-    padding rows). None where flashflex has no CUDA builder."""
+    BlockMask (batch- and head-independent: the padding is a row limit of the kernels) on the
+    device inside every call, already in its forward time. This times that build alone, as the
+    device runs it: flashflex.create_block_mask(masks.causal(), T, T) captured in a CUDA graph and
+    replayed (the Python call's host overhead left out, as it is inside ttt_attention). None
+    where flashflex has no CUDA builder."""
     import flashflex
     if torch.device(device).type != "cuda" or not getattr(flashflex._C, "has_cuda_backend", lambda: False)():
         return None
-    lengths = list(u.lengths) if u.lengths is not None else None
-    mask = flashflex.masks.eagle3(0, u.seq_len, lengths)
-    batch = u.batch if lengths is not None else None
-    return median_us(lambda: flashflex.create_block_mask(mask, batch, None, u.seq_len, u.seq_len, device=device),
-                     device)
+    mask = flashflex.masks.causal()
+
+    def build():
+        return flashflex.create_block_mask(mask, None, None, u.seq_len, u.seq_len, device=device)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        build()  # warm: the allocator's pool, the kernels' first launch
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            build()
+    torch.cuda.current_stream().wait_stream(stream)
+    return median_us(graph.replay, device)
 
 
 def compiled_graphs() -> Optional[int]:

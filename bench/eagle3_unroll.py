@@ -376,8 +376,8 @@ def render(res: Results, device: str, command: str, args, cpu: bool) -> str:
         lines.append(f"| {name} | flashflex (none from the caller: block lists and lengths) | 0 | 0 | 0 |")
         ff = res.get(name, "flashflex")
         if ff is not None and ff.get("internal_mask_us") is not None:
-            lines.append(f"| {name} | flashflex internal (block 0's causal mask, device-built in each call, "
-                         f"already in fwd) | - | {ff['internal_mask_us']:.1f} | - |")
+            lines.append(f"| {name} | flashflex internal (block 0's causal mask, built on the device in each call, "
+                         f"already in fwd; CUDA-graph replay of the build) | - | {ff['internal_mask_us']:.1f} | - |")
         for builder, label in (("eager", "create_block_mask"), ("compiled", "torch.compile(create_block_mask)")):
             r = res.masks.get((name, builder))
             if r is None:
