@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eagle3_common as ec  # noqa: E402
 from eagle3_common import Unroll, odd_length  # noqa: E402
+from timing import write_table  # noqa: E402
 
 FIRST_CALL_LIMIT_MS = 50.0   # flashflex, first call at a new T
 MASK_BUILD_LIMIT_US = 50.0   # per step
@@ -483,23 +484,6 @@ def device_tag(name: str) -> str:
     return (match.group(1) if match else re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")).lower()
 
 
-def write_outputs(table: str, out: Optional[str], png: Optional[str]) -> None:
-    print(table, flush=True)
-    if not out:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(table)
-    log(f"table: {out}")
-    png = png or os.path.splitext(out)[0] + ".png"
-    try:
-        import plot
-        plot.main([out, png])
-        log(f"plot: {png}")
-    except (Exception, SystemExit) as error:  # noqa: BLE001 - the table is the result; the plot is a view
-        log(f"plot not written ({type(error).__name__}: {error})")
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=None, help=f"comma-separated, from {sorted(all_cases())} "
@@ -565,7 +549,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="eagle3_unroll_") as workdir:
         records = run_workers(args, device, cases, impls, workdir)
     table = render(Results(records, cases, impls), device_name, command, args, cpu)
-    write_outputs(table, args.out, args.png)
+    write_table(table, args.out, args.png, log=log)
     log(f"bench/eagle3_unroll.py: {time.time() - start:.0f} s" + (" (CPU demonstration)" if cpu else ""))
     return 0
 

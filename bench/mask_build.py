@@ -12,25 +12,11 @@ runs (torch: --torch-iters). Prints a markdown table. Without a GPU it says so a
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
 
-
-def median_us(fn, iters: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0)
-    return statistics.median(times)
+from timing import cuda_time_ms
 
 
 def cases(flashflex):
@@ -44,6 +30,10 @@ def cases(flashflex):
     ids = torch.arange(8 * 2048).reshape(8, 2048) // 300  # documents of 300 tokens, packed
     out.append(("document", "B=8 T=2048", m.document(ids), 8, 2048, 2048))
     return out
+
+
+def _median_us(fn, iters: int, warmup: int = 5) -> float:
+    return cuda_time_ms(fn, iters=iters, warmup=warmup)[0] * 1000.0
 
 
 def main() -> int:
@@ -80,8 +70,8 @@ def main() -> int:
             C.build_block_mask_cuda(mask._native, B, 1, q_len, kv_len, buffer.data_ptr(), num_bytes, device.index,
                                     stream)
 
-        build_us = median_us(build, args.iters)
-        call_us = median_us(lambda: flashflex.create_block_mask(mask, B, None, q_len, kv_len, device=device),
+        build_us = _median_us(build, args.iters)
+        call_us = _median_us(lambda: flashflex.create_block_mask(mask, B, None, q_len, kv_len, device=device),
                             args.iters)
         replay = "n/a (per-sample data: not capturable)"
         if mask.batch == 0:
@@ -91,11 +81,11 @@ def main() -> int:
             with torch.cuda.graph(graph, stream=side):
                 C.build_block_mask_cuda(mask._native, B, 1, q_len, kv_len, buffer.data_ptr(), num_bytes,
                                         device.index, side.cuda_stream)
-            replay = f"{median_us(graph.replay, args.iters):.1f}"
+            replay = f"{_median_us(graph.replay, args.iters):.1f}"
         torch_us = "skipped"
         if not args.no_torch:
             try:
-                torch_us = f"{median_us(lambda: torch_create_block_mask(mask, B, None, q_len, kv_len, device=device, BLOCK_SIZE=128), args.torch_iters, warmup=1):.0f}"
+                torch_us = f"{_median_us(lambda: torch_create_block_mask(mask, B, None, q_len, kv_len, device=device, BLOCK_SIZE=128), args.torch_iters, warmup=1):.0f}"
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 torch_us = f"failed ({type(e).__name__})"
                 torch.cuda.empty_cache()

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +45,7 @@ import flashflex
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eagle3_common as ec  # noqa: E402
+from timing import cuda_time_ms, write_table  # noqa: E402
 
 
 @dataclass
@@ -95,21 +95,6 @@ CASES: Dict[str, Case] = {
     "eagle3_ttt_8k": Case("eagle3_ttt_8k", 8192, "eagle3_ttt"),
     "eagle3_ttt_16k": Case("eagle3_ttt_16k", 16384, "eagle3_ttt"),
 }
-
-
-def time_ms(fn: Callable[[], object], warmup: int, iters: int):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times), min(times), max(times)
 
 
 def torch_mask_mod(case: Case):
@@ -173,7 +158,7 @@ def run_case(case: Case, iters: int, peers: List[str]) -> List[dict]:
             rows.append(dict(case=case.name, impl=name, ms=None, note=note))
             return
         try:
-            med, lo, hi = time_ms(fn, warmup=10, iters=iters)
+            med, lo, hi = cuda_time_ms(fn, iters=iters, warmup=10)
         except Exception as error:  # noqa: BLE001 - one failing peer leaves the others' rows
             rows.append(dict(case=case.name, impl=name, ms=None, note=f"n/a ({ec.fmt_error(error)})"))
             return
@@ -354,22 +339,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         else:
             rows += run_case(case, args.iters, args.peers.split(","))
     write_table(markdown(rows, device, command), args.out, args.png)
-
-
-def write_table(table: str, out: Optional[str], png: Optional[str]) -> None:
-    print(table, flush=True)
-    if not out:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(table)
-    png = png or os.path.splitext(out)[0] + ".png"
-    try:
-        import plot
-        plot.main([out, png])
-        print(f"plot: {png}", flush=True)
-    except (Exception, SystemExit) as error:  # noqa: BLE001 - the table is the result; the plot is a view
-        print(f"plot not written ({type(error).__name__}: {error})", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ median and spread of repeated runs. TFLOP/s count visible pairs only (2.5 x the 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -21,20 +20,7 @@ import flashflex
 from flashflex import _C
 from flashflex._ops import _mask_args, _mod_args
 from flashflex._tensor_ref import stream_of, tensor_ref
-
-
-def time_ms(fn, reps: int, warmup: int = 3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), min(times), max(times)
+from timing import cuda_time_ms
 
 
 def flashflex_backward_fn(q, k, v, out, lse, dout, block_mask, deterministic=False):
@@ -97,10 +83,10 @@ def main():
         out, lse = flashflex.flex_attention(q, k, v, block_mask=bm, enable_gqa=True, return_lse=True)
         pairs = b * hq * visible_pairs(name, t)
         flops = 2.5 * 4 * d * pairs
-        ms, lo, hi = time_ms(flashflex_backward_fn(q, k, v, out, lse, dout, bm), args.reps)
+        ms, lo, hi = cuda_time_ms(flashflex_backward_fn(q, k, v, out, lse, dout, bm), iters=args.reps, warmup=3)
         rows.append((name, "flashflex bwd", ms, lo, hi, flops / ms / 1e9))
         if args.deterministic:
-            ms, lo, hi = time_ms(flashflex_backward_fn(q, k, v, out, lse, dout, bm, True), args.reps)
+            ms, lo, hi = cuda_time_ms(flashflex_backward_fn(q, k, v, out, lse, dout, bm, True), iters=args.reps, warmup=3)
             rows.append((name, "flashflex bwd deterministic", ms, lo, hi, flops / ms / 1e9))
         if is_causal:
             qs, ks, vs = (x.detach().clone().requires_grad_() for x in (q, k, v))
@@ -108,7 +94,7 @@ def main():
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
             def sdpa_bwd():
                 torch.autograd.grad(o, (qs, ks, vs), dout, retain_graph=True)
-            ms, lo, hi = time_ms(sdpa_bwd, args.reps)
+            ms, lo, hi = cuda_time_ms(sdpa_bwd, iters=args.reps, warmup=3)
             rows.append((name, "SDPA flash (FA2) bwd", ms, lo, hi, flops / ms / 1e9))
     print(f"{'case':<12} {'impl':<30} {'median ms':>10} {'min':>8} {'max':>8} {'TFLOP/s':>8}")
     for name, impl, ms, lo, hi, tf in rows:

@@ -112,15 +112,6 @@ const BwdKernel& find_bwd_kernel(DType dtype, int64_t head_dim, ScoreModKind mod
 
 // ---- checks ----------------------------------------------------------------------------------
 
-sm80::BwdTensor view_of(const TensorRef& t) {
-  sm80::BwdTensor v;
-  v.data = t.data;
-  v.stride_b = stride_of(t, 0);
-  v.stride_h = stride_of(t, 1);
-  v.stride_t = stride_of(t, 2);
-  return v;
-}
-
 bool wants_dbias(const BackwardArgs& args) {
   return args.dbias.defined() && args.score_mod.kind == ScoreModKind::kBias;
 }
@@ -270,14 +261,14 @@ void backward(const BackwardArgs& args, double scale, Workspace workspace, void*
   p.heads_per_cta = w.heads_per_cta;
   p.splits = w.splits;
   if (w.splits > 1) p.dkv_partial = reinterpret_cast<float*>(ws + w.dkv_partial);
-  p.q = view_of(q);
-  p.k = view_of(k);
-  p.v = view_of(v);
-  p.out = view_of(args.out);
-  p.dout = view_of(args.dout);
-  p.dq = view_of(args.dq);
-  p.dk = view_of(args.dk);
-  p.dv = view_of(args.dv);
+  p.q = strided_view(q);
+  p.k = strided_view(k);
+  p.v = strided_view(v);
+  p.out = strided_view(args.out);
+  p.dout = strided_view(args.dout);
+  p.dq = strided_view(args.dq);
+  p.dk = strided_view(args.dk);
+  p.dv = strided_view(args.dv);
   p.lse = static_cast<const float*>(args.lse.data);
   p.lse_stride_b = stride_of(args.lse, 0), p.lse_stride_h = stride_of(args.lse, 1);
   p.lse_stride_t = stride_of(args.lse, 2);

@@ -28,15 +28,6 @@ constexpr std::size_t kAlign = 256;
 
 std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-sm80::BwdTensor view_of(const TensorRef& t) {
-  sm80::BwdTensor v;
-  v.data = t.data;
-  v.stride_b = stride_of(t, 0);
-  v.stride_h = stride_of(t, 1);
-  v.stride_t = stride_of(t, 2);
-  return v;
-}
-
 // Block 0 is causal and the same for every sample and head: the padding of each sample is the
 // row limit of the kernels, not a mask.
 const Mask& causal_mask() {
@@ -81,8 +72,8 @@ sm80::RowLocalKeys row_local_keys(const std::vector<TensorRef>& k_blocks, const 
   sm80::RowLocalKeys keys;
   keys.count = static_cast<int>(k_blocks.size()) - 1;
   for (int i = 0; i < keys.count; ++i) {
-    keys.k[i] = view_of(k_blocks[i + 1]);
-    keys.v[i] = view_of(v_blocks[i + 1]);
+    keys.k[i] = strided_view(k_blocks[i + 1]);
+    keys.v[i] = strided_view(v_blocks[i + 1]);
   }
   keys.limit = row_limit(seq_lengths, k_blocks.size());
   return keys;
@@ -117,17 +108,6 @@ BackwardArgs block0_backward_args(const Eagle3BackwardArgs& args, const BlockMas
   return b;
 }
 
-BlockMask mask_shape(const DeviceBlockMaskPlan& plan) {
-  BlockMask m;
-  m.batch = plan.batch;
-  m.heads = plan.heads;
-  m.q_len = plan.q_len;
-  m.kv_len = plan.kv_len;
-  m.num_q_tiles = plan.num_q_tiles;
-  m.num_kv_tiles = plan.num_kv_tiles;
-  return m;
-}
-
 // ---- row-local backward pass -------------------------------------------------------------------
 
 template <typename T, int kHeadDim>
@@ -147,14 +127,14 @@ class RowLocalBackward final : public BackwardRowPass {
     p_.kv_heads = static_cast<int>(args.k_blocks[0].sizes[1]);
     p_.group = p_.q_heads / p_.kv_heads;
     p_.q_len = static_cast<int>(q.sizes[2]);
-    p_.q = view_of(q);
-    p_.dout = view_of(args.dout);
+    p_.q = strided_view(q);
+    p_.dout = strided_view(args.dout);
     p_.scale = static_cast<float>(scale);
     p_.scale_log2 = static_cast<float>(scale * 1.4426950408889634);  // scale * log2(e)
     p_.keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
     for (int i = 0; i < p_.keys.count; ++i) {
-      p_.dk[i] = view_of(args.dk_blocks[i + 1]);
-      p_.dv[i] = view_of(args.dv_blocks[i + 1]);
+      p_.dk[i] = strided_view(args.dk_blocks[i + 1]);
+      p_.dv[i] = strided_view(args.dv_blocks[i + 1]);
     }
     dtype_ = q.dtype;
     head_dim_ = static_cast<int>(q.sizes[3]);
@@ -190,6 +170,22 @@ class RowLocalBackward final : public BackwardRowPass {
   int head_dim_ = 0;
 };
 
+// Block 0's mask bytes, then the block-sparse backward's scratch (sized from the mask's shape).
+struct BackwardLayout {
+  DeviceBlockMaskPlan plan;
+  std::size_t mask_bytes = 0;
+  std::size_t total = 0;
+};
+
+BackwardLayout backward_layout(const Eagle3BackwardArgs& args) {
+  BackwardLayout w;
+  w.plan = mask_plan(args.q);
+  w.mask_bytes = align_up(w.plan.bytes);
+  const BlockMask shape = device_block_mask_view(w.plan, nullptr, args.q.device.index);
+  w.total = w.mask_bytes + backward_workspace_size(block0_backward_args(args, &shape));
+  return w;
+}
+
 }  // namespace
 
 std::size_t eagle3_forward_workspace_size(const Eagle3ForwardArgs& args) { return align_up(mask_plan(args.q).bytes); }
@@ -212,11 +208,7 @@ void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace works
   forward(f, scale, stream, &keys);
 }
 
-std::size_t eagle3_backward_workspace_size(const Eagle3BackwardArgs& args) {
-  const DeviceBlockMaskPlan plan = mask_plan(args.q);
-  const BlockMask shape = mask_shape(plan);
-  return align_up(plan.bytes) + backward_workspace_size(block0_backward_args(args, &shape));
-}
+std::size_t eagle3_backward_workspace_size(const Eagle3BackwardArgs& args) { return backward_layout(args).total; }
 
 void eagle3_backward(const Eagle3BackwardArgs& args, double scale, Workspace workspace, void* stream) {
   check_blocks("EAGLE3 backward", args.q, args.k_blocks, args.v_blocks);
@@ -224,14 +216,13 @@ void eagle3_backward(const Eagle3BackwardArgs& args, double scale, Workspace wor
     check_rows_aligned(flashflex::detail::concat("dk_blocks[", j, "]").c_str(), args.dk_blocks[j]);
     check_rows_aligned(flashflex::detail::concat("dv_blocks[", j, "]").c_str(), args.dv_blocks[j]);
   }
-  check_workspace(workspace, eagle3_backward_workspace_size(args));
-  const DeviceBlockMaskPlan plan = mask_plan(args.q);
-  const std::size_t mask_bytes = align_up(plan.bytes);
+  const BackwardLayout w = backward_layout(args);
+  check_workspace(workspace, w.total);
   const RowLocalBackward row_pass(args, scale);
 
   DeviceGuard guard(args.q.device.index);
-  const BlockMask mask = build_device_block_mask(causal_mask(), plan, workspace.data, args.q.device.index, stream);
-  const Workspace rest{static_cast<unsigned char*>(workspace.data) + mask_bytes, workspace.size - mask_bytes};
+  const BlockMask mask = build_device_block_mask(causal_mask(), w.plan, workspace.data, args.q.device.index, stream);
+  const Workspace rest{static_cast<unsigned char*>(workspace.data) + w.mask_bytes, workspace.size - w.mask_bytes};
   backward(block0_backward_args(args, &mask), scale, rest, stream, &row_pass);
 }
 

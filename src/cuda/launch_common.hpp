@@ -12,6 +12,7 @@
 #include "api/message.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/score_mod.cuh"
+#include "cuda/sm80/params_bwd.hpp"
 #include "flashflex/mods.hpp"
 #include "flashflex/tensor.hpp"
 
@@ -44,6 +45,16 @@ inline void check_rows_aligned(const char* name, const TensorRef& t) {
 
 // Stride of dimension d, 0 when the dimension has size 1 (its index is always 0).
 inline int64_t stride_of(const TensorRef& t, int d) { return t.sizes[d] == 1 ? 0 : t.strides[d]; }
+
+// A 4-d tensor as the kernels' strided view (data and the batch, heads, seq_len strides).
+inline sm80::BwdTensor strided_view(const TensorRef& t) {
+  sm80::BwdTensor v;
+  v.data = t.data;
+  v.stride_b = stride_of(t, 0);
+  v.stride_h = stride_of(t, 1);
+  v.stride_t = stride_of(t, 2);
+  return v;
+}
 
 // Makes `index` the current device for the scope of the launches, restoring the caller's after.
 class DeviceGuard {
