@@ -14,7 +14,8 @@
 // | 256      | 32 x 64           | 16 x 16        | 32 x 64         | 16 x 64      | 136.6 KiB |
 // (FA2's sm80 choices for 64/128 with kBlockM 64; head dim 256 halves both tiles so that two Q/dO
 // stages fit the 163 KiB of an A100. smem counts Q, dO double-buffered, K, V, P, dS, row stats,
-// the walk's state and 128 bytes of alignment slack.)
+// the walk's state and 128 bytes of alignment slack; on sm_90 and newer the dQ staging tiles add
+// 33 KiB at head dims 128 and 256, which only Hopper-class shared memory holds.)
 #pragma once
 
 #include <cstdint>
@@ -88,6 +89,15 @@ struct BwdTraitsBase {
   static constexpr int kOffWalk = kOffSteps + kStepsBytes;            // QWalkState
   static constexpr int kSmemAlign = 128;  // tiles start 128-byte aligned (mainloop_bwd.cuh)
   static constexpr int kSmemBytes = kOffWalk + kWalkBytes + kSmemAlign;
+  // sm_90 and newer (mainloop_bwd.cuh, BwdParams::dq_bulk): each warp stages its fp32 dQ tile
+  // here as boxes of kDqTileM rows x 32 columns (128-byte rows, the copy engine's 128-byte
+  // swizzle, so that the fragment stores hit every bank twice: the 2 wavefronts of 256 bytes) and
+  // the copy engine adds them into the workspace. Needs whole 32-column boxes (not head dim 64).
+  static constexpr bool kBulkDq = kDqTileD % 32 == 0;
+  static constexpr int kDqBoxBytes = kDqTileM * 128;
+  static constexpr int kDqStageBytes = kNumWarps * kDqTileM * kDqTileD * 4;
+  // It starts at the first 1 KiB boundary (the swizzle's period) after the walk's state.
+  static constexpr int kSmemBytesBulkDq = kBulkDq ? kSmemBytes + 1024 + kDqStageBytes : kSmemBytes;
 };
 
 template <typename T>

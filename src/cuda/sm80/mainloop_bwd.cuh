@@ -4,8 +4,13 @@
 // tiles that the block mask lists for its kv tile (tile_iter_bwd.cuh). Per step of kBlockM rows:
 //   S = Q K^T, dP = dO V^T                      (gemm_bwd.cuh, warps kWarpsSdpM x kWarpsSdpN)
 //   P = exp2(mod(S) - LSE2) on visible scores, dS = P (dP - dpsum) mod'   (mod_mask_bwd.cuh)
-//   P, dS -> shared memory (16-bit); dQacc += dS K (fp32 red.add); dV += P^T dO, dK += dS^T Q
+//   P, dS -> shared memory (16-bit); dQacc += dS K; dV += P^T dO, dK += dS^T Q
 //   (deterministic mode: dV, dK before dQ)
+// dQ's fp32 tile goes into the workspace by red.add from registers, except on sm_90 and newer
+// (BwdParams::dq_bulk: not deterministic, head dim 128 or 256): each warp stores its tile into
+// shared memory and one lane has the copy engine add it (cp.reduce.async.bulk.tensor). The 4096
+// reductions per step through the LSU kept the warps stalled on a full memory-instruction queue
+// (bench/NOTES.md, v11).
 // Q and dO of the next step are prefetched (cp.async) as the current one starts; the walk itself
 // runs two steps ahead (three step slots in shared memory). dK, dV
 // are summed over the CTA's heads in registers (no atomics); epilogue_bwd.cuh stores dK * scale,
@@ -20,6 +25,7 @@
 #include "cuda/ptx/math.cuh"
 #include "cuda/ptx/mma.cuh"
 #include "cuda/ptx/atomics_bwd.cuh"
+#include "cuda/ptx/bulk_reduce.cuh"
 #include "cuda/sm80/epilogue_bwd.cuh"
 #include "cuda/sm80/gemm_bwd.cuh"
 #include "cuda/sm80/kernel_traits_bwd.cuh"
@@ -95,7 +101,8 @@ __device__ __forceinline__ int kv_block_of(const BwdParams& p) {
 }
 
 template <class Tr, ScoreModKind kMod>
-__global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
+    bwd_main_kernel(const __grid_constant__ BwdParams p) {  // grid constant: p.dq_map is read by the copy engine
   using T = typename Tr::T;
   // gemm_bwd.cuh's address arithmetic needs 128-byte aligned tiles: the launch adds kSmemAlign
   // bytes of slack, used here should the dynamic shared window start unaligned (it does under
@@ -291,6 +298,40 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
         dq_b[np] = b_base<Tr::kHeadDim>(smem + Tr::kOffK, lane, dq_col0 + np * 16);
       gemm_ab<T, Tr::kDqFragsM, Tr::kDqFragsD, Tr::kBlockN, Tr::kBlockN, Tr::kHeadDim>(dq_acc, dq_a, dq_b, 0);
 
+#if __CUDA_ARCH__ >= 900
+      if constexpr (Tr::kBulkDq) {
+        if (p.dq_bulk) {  // through shared memory and the copy engine (see the top of this file)
+          const uint32_t box = ((smem + Tr::kOffWalk + Tr::kWalkBytes + 1023u) & ~1023u) +
+                               warp * (Tr::kDqTileM * Tr::kDqTileD * 4);
+          if (lane == 0) ptx::bulk_wait_read_all();  // the previous step's add has read the box
+          __syncwarp();
+#pragma unroll
+          for (int mi = 0; mi < Tr::kDqFragsM; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = mi * 16 + g + h * 8;
+#pragma unroll
+              for (int ni = 0; ni < Tr::kDqFragsD; ++ni) {
+                const int c = ni * 8 + 2 * t;  // 128-byte swizzle: 16-byte chunk ^= row % 8
+                const uint32_t addr = box + (c / 32) * Tr::kDqBoxBytes + r * 128 +
+                                      (((((c % 32) * 4) >> 4) ^ (r & 7)) << 4) + (((c % 32) * 4) & 15);
+                ptx::st_shared_f32x2(addr, dq_acc[mi][ni][h * 2], dq_acc[mi][ni][h * 2 + 1]);
+              }
+            }
+          ptx::fence_proxy_async_shared();
+          __syncwarp();
+          if (lane == 0) {
+#pragma unroll
+            for (int c = 0; c < Tr::kDqTileD; c += 32) {
+              ptx::bulk_tensor_reduce_add_2d(&p.dq_map, box + (c / 32) * Tr::kDqBoxBytes, dq_col0 + c,
+                                             static_cast<int>(cur.ws_row) + dq_row0);
+            }
+            ptx::bulk_commit_group();
+          }
+          return;
+        }
+      }
+#endif
       const int hq = cur.hq, q_tile = cur.q_tile;
       int32_t* sem = nullptr;
       int rank = 0;
@@ -338,6 +379,10 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm) bwd_main
       dkv_gemms();
     }
   }
+#if __CUDA_ARCH__ >= 900
+  // Shared memory must outlive the last adds of each warp.
+  if (Tr::kBulkDq && p.dq_bulk && threadIdx.x % 32 == 0) ptx::bulk_wait_all();
+#endif
 
   store_dkv<Tr>(p, smem_buf, dk_acc, dv_acc, b, blockIdx.x / p.splits, blockIdx.x % p.splits, n0, tid);
 }

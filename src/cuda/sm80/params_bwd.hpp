@@ -3,6 +3,8 @@
 // mainloop_bwd.cuh, convert_dq_bwd.cuh read it by value). A size-1 dimension has stride 0.
 #pragma once
 
+#include <cuda.h>
+
 #include <cstdint>
 
 #include "cuda/score_mod.cuh"
@@ -78,6 +80,11 @@ struct BwdParams {
   // in descending kv order (the grid then runs kv blocks in reverse, so that every CTA waited for
   // was started earlier), through one semaphore per (b, hq, q tile) counting the CTAs done.
   bool deterministic = false;
+
+  // sm_90 and newer, not deterministic (launch_bwd.cuh): dQ tiles are added into dq_accum by the
+  // copy engine through dq_map, the 2-d fp32 view [B * Hq * q_len_pad, head_dim] of it.
+  bool dq_bulk = false;
+  CUtensorMap dq_map;
   int block_n = 128;                // keys per CTA (kernel_traits_bwd.cuh)
   int32_t* dq_semaphore = nullptr;  // [B, Hq, num_q_tiles], zeroed
   int32_t* dq_rank = nullptr;       // mask only: [mask batch, mask heads, num_kv_tiles, num_q_tiles],
