@@ -95,7 +95,8 @@ struct BwdTraitsBase {
   // the copy engine adds them into the workspace. Needs whole 32-column boxes (not head dim 64).
   static constexpr bool kBulkDq = kDqTileD % 32 == 0;
   static constexpr int kDqBoxBytes = kDqTileM * 128;
-  static constexpr int kDqStageBytes = kNumWarps * kDqTileM * kDqTileD * 4;
+  static constexpr int kDqWarpStageBytes = kDqTileM * kDqTileD * 4;  // one warp's tile
+  static constexpr int kDqStageBytes = kNumWarps * kDqWarpStageBytes;
   // It starts at the first 1 KiB boundary (the swizzle's period) after the walk's state.
   static constexpr int kSmemBytesBulkDq = kBulkDq ? kSmemBytes + 1024 + kDqStageBytes : kSmemBytes;
 };

@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
       if constexpr (Tr::kBulkDq) {
         if (p.dq_bulk) {  // through shared memory and the copy engine (see the top of this file)
           const uint32_t box = ((smem + Tr::kOffWalk + Tr::kWalkBytes + 1023u) & ~1023u) +
-                               warp * (Tr::kDqTileM * Tr::kDqTileD * 4);
+                               warp * Tr::kDqWarpStageBytes;
           if (lane == 0) ptx::bulk_wait_read_all();  // the previous step's add has read the box
           __syncwarp();
 #pragma unroll
