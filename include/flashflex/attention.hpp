@@ -20,6 +20,12 @@
 
 namespace flashflex {
 
+// Which CUDA kernels serve a call: kAuto, the Hopper kernels (sm90: wgmma, TMA) on compute
+// capability 9.x where the build has them for the call's dtype, head dim and score mod, else the
+// portable sm80 kernels (mma.sync); kSm80 or kSm90 force one (kSm90 where it cannot run is an
+// Error of kind kUnsupported). Ignored for CPU tensors.
+enum class Backend { kAuto, kSm80, kSm90 };
+
 struct ForwardArgs {
   TensorRef q, k, v;
   TensorRef out;                    // written
@@ -27,6 +33,7 @@ struct ForwardArgs {
   std::optional<double> scale;      // default 1 / sqrt(D)
   ScoreMod score_mod;
   const BlockMask* block_mask = nullptr;  // null: every key visible
+  Backend backend = Backend::kAuto;
 };
 
 struct BackwardArgs {
@@ -42,6 +49,7 @@ struct BackwardArgs {
   ScoreMod score_mod;
   const BlockMask* block_mask = nullptr;
   bool deterministic = false;       // same bits on every run (the CPU path always is)
+  Backend backend = Backend::kAuto;
 };
 
 // Caller-owned scratch memory on the tensors' device, at least workspace_size() bytes.

@@ -33,6 +33,7 @@ struct Eagle3ForwardArgs {
   TensorRef out;                              // written
   TensorRef lse;                              // optional, written
   std::optional<double> scale;                // default 1 / sqrt(D)
+  Backend backend = Backend::kAuto;           // attention.hpp
 };
 
 struct Eagle3BackwardArgs {
@@ -47,6 +48,7 @@ struct Eagle3BackwardArgs {
   std::vector<TensorRef> dk_blocks, dv_blocks;  // one per block, overwritten (not accumulated)
   std::optional<double> scale;
   bool deterministic = false;                 // same bits on every run (the CPU path always is)
+  Backend backend = Backend::kAuto;
 };
 
 std::size_t workspace_size(const Eagle3ForwardArgs& args);

@@ -2,29 +2,19 @@
 // in builds with CUDA, the CUDA backend (src/cuda/launch.hpp).
 #include "flashflex/attention.hpp"
 
+#include <iterator>
+
+#include "api/dispatch.hpp"
 #include "api/validate.hpp"
 #include "cpu/reference.hpp"
-#ifndef FLASHFLEX_WITH_CUDA
-#define FLASHFLEX_WITH_CUDA 0
-#endif
+#include "kernel_set.hpp"
 #if FLASHFLEX_WITH_CUDA
 #include "cuda/launch.hpp"
 #endif
 
 namespace flashflex {
-namespace {
-
-#if !FLASHFLEX_WITH_CUDA
-[[noreturn]] void no_cuda_backend() {
-  throw Error(ErrorKind::kUnsupported,
-              "q: expected CPU tensors, got CUDA tensors (this build has no CUDA kernels; rebuild with nvcc)");
-}
-#endif
-
-}  // namespace
-
 const std::vector<int>& supported_head_dims() {
-  static const std::vector<int> dims = {64, 128, 256};
+  static const std::vector<int> dims(std::begin(kKernelHeadDims), std::end(kKernelHeadDims));
   return dims;
 }
 
@@ -44,29 +34,18 @@ std::size_t workspace_size(const BackwardArgs& args) {
   return 0;
 }
 
-void forward(const ForwardArgs& args, Workspace /*workspace*/, void* stream) {
+void forward(const ForwardArgs& args, Workspace /*workspace*/, [[maybe_unused]] void* stream) {
   const detail::AttentionShape s = detail::validate_forward(args);
   const double scale = detail::resolve_scale(args.scale, s.head_dim);
-  if (s.device.type == DeviceType::kCpu) return cpu::reference_forward(args, scale);
-#if FLASHFLEX_WITH_CUDA
-  return cuda::forward(args, scale, stream);
-#else
-  (void)stream;
-  no_cuda_backend();
-#endif
+  detail::on_device(s.device, [&] { cpu::reference_forward(args, scale); },
+                    FLASHFLEX_CUDA_CALL(cuda::forward(args, scale, stream)));
 }
 
-void backward(const BackwardArgs& args, Workspace workspace, void* stream) {
+void backward(const BackwardArgs& args, [[maybe_unused]] Workspace workspace, [[maybe_unused]] void* stream) {
   const detail::AttentionShape s = detail::validate_backward(args);
   const double scale = detail::resolve_scale(args.scale, s.head_dim);
-  if (s.device.type == DeviceType::kCpu) return cpu::reference_backward(args, scale);
-#if FLASHFLEX_WITH_CUDA
-  return cuda::backward(args, scale, workspace, stream);
-#else
-  (void)workspace;
-  (void)stream;
-  no_cuda_backend();
-#endif
+  detail::on_device(s.device, [&] { cpu::reference_backward(args, scale); },
+                    FLASHFLEX_CUDA_CALL(cuda::backward(args, scale, workspace, stream)));
 }
 
 }  // namespace flashflex

@@ -1,12 +1,12 @@
 // Public entry points of the GPU block-mask builder (include/flashflex/block_mask_cuda.hpp):
-// argument checks, then the plan (src/cuda/block_mask_plan.cpp, host only) and, in builds with
+// argument checks, then the plan (src/cuda/mask/block_mask_plan.cpp, host only) and, in builds with
 // CUDA, the kernels (src/cuda/block_mask_device.cu).
 #include "flashflex/block_mask_cuda.hpp"
 
 #include <cstdint>
 #include <string>
 
-#include "cuda/block_mask_device.hpp"
+#include "cuda/mask/block_mask_device.hpp"
 #include "flashflex/error.hpp"
 #ifndef FLASHFLEX_WITH_CUDA
 #define FLASHFLEX_WITH_CUDA 0

@@ -4,27 +4,14 @@
 // with the row-local keys folded in).
 #include "flashflex/eagle3.hpp"
 
+#include "api/dispatch.hpp"
 #include "api/validate_eagle3.hpp"
 #include "cpu/reference_eagle3.hpp"
-#ifndef FLASHFLEX_WITH_CUDA
-#define FLASHFLEX_WITH_CUDA 0
-#endif
 #if FLASHFLEX_WITH_CUDA
 #include "cuda/launch_eagle3.hpp"
 #endif
 
 namespace flashflex {
-namespace {
-
-#if !FLASHFLEX_WITH_CUDA
-[[noreturn]] void no_cuda_backend() {
-  throw Error(ErrorKind::kUnsupported,
-              "q: expected CPU tensors, got CUDA tensors (this build has no CUDA kernels; rebuild with nvcc)");
-}
-#endif
-
-}  // namespace
-
 std::size_t workspace_size(const Eagle3ForwardArgs& args) {
   const detail::Eagle3Shape s = detail::validate_eagle3_forward(args);
 #if FLASHFLEX_WITH_CUDA
@@ -43,30 +30,20 @@ std::size_t workspace_size(const Eagle3BackwardArgs& args) {
   return 0;
 }
 
-void eagle3_forward(const Eagle3ForwardArgs& args, Workspace workspace, void* stream) {
+void eagle3_forward(const Eagle3ForwardArgs& args, [[maybe_unused]] Workspace workspace,
+                    [[maybe_unused]] void* stream) {
   const detail::Eagle3Shape s = detail::validate_eagle3_forward(args);
   const double scale = detail::resolve_scale(args.scale, s.head_dim);
-  if (s.device.type == DeviceType::kCpu) return cpu::reference_eagle3_forward(args, scale);
-#if FLASHFLEX_WITH_CUDA
-  return cuda::eagle3_forward(args, scale, workspace, stream);
-#else
-  (void)workspace;
-  (void)stream;
-  no_cuda_backend();
-#endif
+  detail::on_device(s.device, [&] { cpu::reference_eagle3_forward(args, scale); },
+                    FLASHFLEX_CUDA_CALL(cuda::eagle3_forward(args, scale, workspace, stream)));
 }
 
-void eagle3_backward(const Eagle3BackwardArgs& args, Workspace workspace, void* stream) {
+void eagle3_backward(const Eagle3BackwardArgs& args, [[maybe_unused]] Workspace workspace,
+                     [[maybe_unused]] void* stream) {
   const detail::Eagle3Shape s = detail::validate_eagle3_backward(args);
   const double scale = detail::resolve_scale(args.scale, s.head_dim);
-  if (s.device.type == DeviceType::kCpu) return cpu::reference_eagle3_backward(args, scale);
-#if FLASHFLEX_WITH_CUDA
-  return cuda::eagle3_backward(args, scale, workspace, stream);
-#else
-  (void)workspace;
-  (void)stream;
-  no_cuda_backend();
-#endif
+  detail::on_device(s.device, [&] { cpu::reference_eagle3_backward(args, scale); },
+                    FLASHFLEX_CUDA_CALL(cuda::eagle3_backward(args, scale, workspace, stream)));
 }
 
 }  // namespace flashflex

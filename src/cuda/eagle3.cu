@@ -1,24 +1,26 @@
 // Host side of the EAGLE3 CUDA path (DESIGN.md decision 5; src/cuda/launch_eagle3.hpp). TTT step k:
 //   forward   causal BlockMask of block 0 built on the device into the workspace
-//             (block_mask_device.hpp), then the block-sparse forward over (q, K_0, V_0) with the
-//             row-local keys K_1..K_k folded into its softmax (sm80/row_local_fwd.cuh);
-//   backward  the same mask, the block-sparse backward over block 0 (dq, dK_0, dV_0) with the
-//             forward's LSE (which includes the row-local keys), and between its main kernel and
-//             dQ's conversion the row-local pass writing dK_j, dV_j (sm80/row_local_bwd.cuh).
-// Rows at or past L_b - k are empty in both (sm80/row_local.hpp). The blocks are read where they
-// are, through their strides: nothing is concatenated, nothing is copied between host and device.
+//             (mask/block_mask_device.hpp), then the block-sparse forward over (q, K_0, V_0) with
+//             the row-local keys K_1..K_k folded into its softmax (common/row_local_fold.cuh);
+//   backward  the same mask and the backward plan of block 0 (composition.hpp: dq, dK_0, dV_0)
+//             with the forward's LSE (which includes the row-local keys); between its main kernel
+//             and its post passes, the row-local pass writing dK_j, dV_j (bwd/row_local.cuh).
+// Rows at or past L_b - k are empty in both (RowLocalKeys in cuda/params.hpp). The blocks are read
+// where they are, through their strides: nothing is concatenated, nothing is copied between host
+// and device.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <string>
 
 #include "api/message.hpp"
-#include "cuda/block_mask_device.hpp"
+#include "cuda/bwd/passes.hpp"
+#include "cuda/composition.hpp"
 #include "cuda/launch.hpp"
 #include "cuda/launch_common.hpp"
 #include "cuda/launch_eagle3.hpp"
-#include "cuda/sm80/row_local.hpp"
-#include "cuda/sm80/row_local_bwd.cuh"
+#include "cuda/mask/block_mask_device.hpp"
+#include "cuda/params.hpp"
 #include "flashflex/mask.hpp"
 
 namespace flashflex::cuda {
@@ -48,16 +50,16 @@ void check_blocks(const char* pass, const TensorRef& q, const std::vector<Tensor
     check_rows_aligned(flashflex::detail::concat("v_blocks[", j, "]").c_str(), v_blocks[j]);
   }
   const int64_t row_local = static_cast<int64_t>(k_blocks.size()) - 1;
-  if (row_local > sm80::kMaxRowLocalBlocks) {
+  if (row_local > kMaxRowLocalBlocks) {
     throw Error(ErrorKind::kUnsupported,
-                flashflex::detail::concat("k_blocks: the CUDA EAGLE3 path takes at most ", sm80::kMaxRowLocalBlocks + 1,
-                                          " blocks (TTT step <= ", sm80::kMaxRowLocalBlocks, "), got ",
+                flashflex::detail::concat("k_blocks: the CUDA EAGLE3 path takes at most ", kMaxRowLocalBlocks + 1,
+                                          " blocks (TTT step <= ", kMaxRowLocalBlocks, "), got ",
                                           k_blocks.size()));
   }
 }
 
-sm80::RowLimit row_limit(const TensorRef& seq_lengths, std::size_t num_blocks) {
-  sm80::RowLimit limit;
+RowLimit row_limit(const TensorRef& seq_lengths, std::size_t num_blocks) {
+  RowLimit limit;
   if (seq_lengths.defined()) {
     limit.lengths = seq_lengths.data;
     limit.lengths_stride = seq_lengths.strides[0];
@@ -67,9 +69,9 @@ sm80::RowLimit row_limit(const TensorRef& seq_lengths, std::size_t num_blocks) {
   return limit;
 }
 
-sm80::RowLocalKeys row_local_keys(const std::vector<TensorRef>& k_blocks, const std::vector<TensorRef>& v_blocks,
+RowLocalKeys row_local_keys(const std::vector<TensorRef>& k_blocks, const std::vector<TensorRef>& v_blocks,
                                   const TensorRef& seq_lengths) {
-  sm80::RowLocalKeys keys;
+  RowLocalKeys keys;
   keys.count = static_cast<int>(k_blocks.size()) - 1;
   for (int i = 0; i < keys.count; ++i) {
     keys.k[i] = strided_view(k_blocks[i + 1]);
@@ -105,70 +107,36 @@ BackwardArgs block0_backward_args(const Eagle3BackwardArgs& args, const BlockMas
   b.dv = args.dv_blocks[0];
   b.block_mask = mask;
   b.deterministic = args.deterministic;
+  b.backend = args.backend;
   return b;
 }
 
 // ---- row-local backward pass -------------------------------------------------------------------
 
-template <typename T, int kHeadDim>
-void launch_row_local_bwd(const sm80::RowLocalBwdParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.q_len + sm80::kRowLocalBwdWarps - 1) / sm80::kRowLocalBwdWarps),
-                  static_cast<unsigned>(p.batch * p.kv_heads));
-  sm80::row_local_bwd_kernel<T, kHeadDim><<<grid, sm80::kRowLocalBwdWarps * 32, 0, stream>>>(p);
-  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+// The row-local pass's parameters but the row statistics, which come from the plan.
+RowLocalBwdParams row_local_bwd_params(const Eagle3BackwardArgs& args, double scale, const BwdParams& block0) {
+  const TensorRef& q = args.q;
+  RowLocalBwdParams p;
+  p.batch = static_cast<int>(q.sizes[0]);
+  p.q_heads = static_cast<int>(q.sizes[1]);
+  p.kv_heads = static_cast<int>(args.k_blocks[0].sizes[1]);
+  p.group = p.q_heads / p.kv_heads;
+  p.q_len = static_cast<int>(q.sizes[2]);
+  p.q = strided_view(q);
+  p.dout = strided_view(args.dout);
+  p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * kLog2eDouble);
+  p.keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
+  for (int i = 0; i < p.keys.count; ++i) {
+    p.dk[i] = strided_view(args.dk_blocks[i + 1]);
+    p.dv[i] = strided_view(args.dv_blocks[i + 1]);
+  }
+  p.dq_accum = block0.dq_accum;
+  p.lse2 = block0.lse2;
+  p.dpsum = block0.dpsum;
+  p.q_len_pad = block0.q_len_pad;
+  return p;
 }
-
-class RowLocalBackward final : public BackwardRowPass {
- public:
-  RowLocalBackward(const Eagle3BackwardArgs& args, double scale) {
-    const TensorRef& q = args.q;
-    p_.batch = static_cast<int>(q.sizes[0]);
-    p_.q_heads = static_cast<int>(q.sizes[1]);
-    p_.kv_heads = static_cast<int>(args.k_blocks[0].sizes[1]);
-    p_.group = p_.q_heads / p_.kv_heads;
-    p_.q_len = static_cast<int>(q.sizes[2]);
-    p_.q = strided_view(q);
-    p_.dout = strided_view(args.dout);
-    p_.scale = static_cast<float>(scale);
-    p_.scale_log2 = static_cast<float>(scale * 1.4426950408889634);  // scale * log2(e)
-    p_.keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
-    for (int i = 0; i < p_.keys.count; ++i) {
-      p_.dk[i] = strided_view(args.dk_blocks[i + 1]);
-      p_.dv[i] = strided_view(args.dv_blocks[i + 1]);
-    }
-    dtype_ = q.dtype;
-    head_dim_ = static_cast<int>(q.sizes[3]);
-  }
-
-  sm80::RowLimit row_limit() const override { return p_.keys.limit; }
-
-  void run(const BackwardRowStats& stats, void* stream) const override {
-    if (p_.keys.count == 0) return;
-    sm80::RowLocalBwdParams p = p_;
-    p.dq_accum = stats.dq_accum;
-    p.lse2 = stats.lse2;
-    p.dpsum = stats.dpsum;
-    p.q_len_pad = stats.q_len_pad;
-    const auto s = static_cast<cudaStream_t>(stream);
-    const bool bf16 = dtype_ == DType::kBFloat16;
-    switch (head_dim_) {
-      case 64:
-        return bf16 ? launch_row_local_bwd<__nv_bfloat16, 64>(p, s) : launch_row_local_bwd<__half, 64>(p, s);
-      case 128:
-        return bf16 ? launch_row_local_bwd<__nv_bfloat16, 128>(p, s) : launch_row_local_bwd<__half, 128>(p, s);
-      case 256:
-        return bf16 ? launch_row_local_bwd<__nv_bfloat16, 256>(p, s) : launch_row_local_bwd<__half, 256>(p, s);
-      default:
-        throw Error(ErrorKind::kUnsupported,
-                    flashflex::detail::concat("q: no CUDA EAGLE3 backward for head_dim ", head_dim_));
-    }
-  }
-
- private:
-  sm80::RowLocalBwdParams p_;
-  DType dtype_ = DType::kBFloat16;
-  int head_dim_ = 0;
-};
 
 // Block 0's mask bytes, then the block-sparse backward's scratch (sized from the mask's shape).
 struct BackwardLayout {
@@ -194,7 +162,7 @@ void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace works
   check_blocks("EAGLE3 forward", args.q, args.k_blocks, args.v_blocks);
   const DeviceBlockMaskPlan plan = mask_plan(args.q);
   check_workspace(workspace, align_up(plan.bytes));
-  const sm80::RowLocalKeys keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
+  const RowLocalKeys keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
 
   DeviceGuard guard(args.q.device.index);
   const BlockMask mask = build_device_block_mask(causal_mask(), plan, workspace.data, args.q.device.index, stream);
@@ -205,6 +173,7 @@ void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace works
   f.out = args.out;
   f.lse = args.lse;
   f.block_mask = &mask;
+  f.backend = args.backend;
   forward(f, scale, stream, &keys);
 }
 
@@ -218,12 +187,20 @@ void eagle3_backward(const Eagle3BackwardArgs& args, double scale, Workspace wor
   }
   const BackwardLayout w = backward_layout(args);
   check_workspace(workspace, w.total);
-  const RowLocalBackward row_pass(args, scale);
+  const Workspace rest{static_cast<unsigned char*>(workspace.data) + w.mask_bytes, workspace.size - w.mask_bytes};
+  // The plan reads only the mask's sizes: the device lists are built below, before any launch.
+  const BlockMask shape = device_block_mask_view(w.plan, workspace.data, args.q.device.index);
+  const BackwardPlan plan = plan_backward(block0_backward_args(args, &shape), scale, rest,
+                                          row_limit(args.seq_lengths, args.k_blocks.size()));
+  const RowLocalBwdParams row_local = row_local_bwd_params(args, scale, plan.params);
 
   DeviceGuard guard(args.q.device.index);
   const BlockMask mask = build_device_block_mask(causal_mask(), w.plan, workspace.data, args.q.device.index, stream);
-  const Workspace rest{static_cast<unsigned char*>(workspace.data) + w.mask_bytes, workspace.size - w.mask_bytes};
-  backward(block0_backward_args(args, &mask), scale, rest, stream, &row_pass);
+  (void)mask;  // plan.params' mask view points at the same arrays
+  run_backward_pre(plan, stream);
+  run_backward_main(plan, stream);
+  if (row_local.keys.count > 0) plan.passes->row_local(row_local, stream);
+  run_backward_post(plan, stream);
 }
 
 }  // namespace flashflex::cuda

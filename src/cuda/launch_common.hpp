@@ -1,6 +1,7 @@
-// Host-side checks and helpers shared by the CUDA launchers (forward.cu, backward.cu): what the
-// kernels need beyond src/api/validate.cpp (16-bit dtype, 16-byte aligned rows, compute
-// capability), the current-device guard, and the score mod's device parameters.
+// Host-side checks and helpers shared by the CUDA host composition (forward.cu, backward.cu,
+// eagle3.cu): what the kernels need beyond src/api/validate.cpp (16-bit dtype, 16-byte aligned
+// rows), the current-device guard, and the views the kernel parameters are made of
+// (cuda/params.hpp), the score mod's with its scales derived once here.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -11,8 +12,8 @@
 
 #include "api/message.hpp"
 #include "cuda/cuda_check.hpp"
-#include "cuda/score_mod.cuh"
-#include "cuda/sm80/params_bwd.hpp"
+#include "cuda/params.hpp"
+#include "flashflex/block_mask.hpp"
 #include "flashflex/mods.hpp"
 #include "flashflex/tensor.hpp"
 
@@ -47,8 +48,8 @@ inline void check_rows_aligned(const char* name, const TensorRef& t) {
 inline int64_t stride_of(const TensorRef& t, int d) { return t.sizes[d] == 1 ? 0 : t.strides[d]; }
 
 // A 4-d tensor as the kernels' strided view (data and the batch, heads, seq_len strides).
-inline sm80::BwdTensor strided_view(const TensorRef& t) {
-  sm80::BwdTensor v;
+inline TensorView strided_view(const TensorRef& t) {
+  TensorView v;
   v.data = t.data;
   v.stride_b = stride_of(t, 0);
   v.stride_h = stride_of(t, 1);
@@ -74,25 +75,48 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-// mma.sync and cp.async need compute capability 8.0.
-inline void check_device_capability(int device) {
-  int major = 0, minor = 0;
-  FLASHFLEX_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  FLASHFLEX_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  if (major < 8) {
-    throw Error(ErrorKind::kUnsupported,
-                flashflex::detail::concat("q: the CUDA kernels need compute capability 8.0 or newer (mma.sync, cp.async), got ",
-                               major, ".", minor, " on device ", device));
-  }
+// A float32 [batch, heads, len] row statistic (lse, its gradient), or an absent one.
+inline LseView lse_view(const TensorRef& t) {
+  LseView v;
+  if (!t.defined()) return v;
+  v.data = static_cast<float*>(t.data);
+  v.stride_b = stride_of(t, 0);
+  v.stride_h = stride_of(t, 1);
+  v.stride_t = stride_of(t, 2);
+  return v;
 }
 
-inline ScoreModParams make_mod_params(const ScoreMod& mod, int q_len, int kv_len) {
+// The BlockMask's arrays, both directions; an absent mask (null) is "every key visible".
+inline BlockMaskView block_mask_view(const BlockMask* m) {
+  BlockMaskView v;
+  if (m == nullptr) return v;
+  v.present = true;
+  v.batch = static_cast<int>(m->batch);
+  v.heads = static_cast<int>(m->heads);
+  v.kv_num_blocks = m->kv_num_blocks;
+  v.kv_indices = m->kv_indices;
+  v.full_kv_num_blocks = m->full_kv_num_blocks;
+  v.full_kv_indices = m->full_kv_indices;
+  v.q_num_blocks = m->q_num_blocks;
+  v.q_indices = m->q_indices;
+  v.full_q_num_blocks = m->full_q_num_blocks;
+  v.full_q_indices = m->full_q_indices;
+  v.partial_tile_ids = m->partial_tile_ids;
+  v.bitmaps = m->bitmaps;
+  return v;
+}
+
+// `scale`: the resolved softmax scale (the mod sees scale * q.k).
+inline ScoreModParams make_mod_params(const ScoreMod& mod, int q_len, int kv_len, double scale) {
   ScoreModParams m;
   m.q_len = q_len;
   m.kv_len = kv_len;
   switch (mod.kind) {
     case ScoreModKind::kSoftcap:
       m.softcap = static_cast<float>(mod.softcap);
+      m.softcap_inv = 1.f / m.softcap;  // as the device would round it: the forward's tanh input
+      m.softcap_scale = static_cast<float>(scale / mod.softcap);
+      m.softcap_log2 = static_cast<float>(mod.softcap * kLog2eDouble);
       break;
     case ScoreModKind::kAlibi:
       m.alibi_slopes = static_cast<const float*>(mod.alibi_slopes.data);

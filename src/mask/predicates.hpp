@@ -1,6 +1,7 @@
 // The built-in mask predicates, each with its analytic tile classification, written once as
 // host+device code: the CPU builder (src/cpu/block_mask_builder.cpp), Mask::operator()
-// (src/mask/mask.cpp) and a future CUDA builder all call these very functions.
+// (src/mask/mask.cpp) and the CUDA builder (src/cuda/mask/block_mask_kernels.cuh) all call these
+// very functions.
 // Each predicate is a plain struct (values and non-owning pointers, no std:: containers):
 //   visible(b, q, kv)                    the predicate itself, for one element of sample b;
 //   classify(b, tile)                    kEmpty / kFull when provable for every element of the

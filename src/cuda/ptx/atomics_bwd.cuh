@@ -1,4 +1,4 @@
-// Global-memory atomics of the sm80 backward (src/cuda/sm80/mainloop_bwd.cuh):
+// Global-memory atomics of the backward's dQ writer (src/cuda/common/dq_writer.cuh):
 //   red_add_f32x2: fire-and-forget fp32 reduction into the dQ accumulator. atomicAdd on a float2
 //     compiles to ATOMG (it returns the old value, so the warp holds the destination registers
 //     until L2 answers); red never answers. sm_90: one 8-byte REDG.ADD.F32x2; sm_80: two RED.F32.

@@ -1,5 +1,5 @@
-// Thin PTX wrappers over the sm_90 bulk asynchronous copies used by the sm80 backward's dQ
-// write-out (src/cuda/sm80/mainloop_bwd.cuh): an fp32 add of a shared-memory box into a 2-d
+// Thin PTX wrappers over the sm_90 bulk asynchronous copies used by the backward's dQ
+// writer (src/cuda/common/dq_writer.cuh): an fp32 add of a shared-memory box into a 2-d
 // global tensor (described by a CUtensorMap) performed by the copy engine (TMA) instead of
 // per-thread reductions through the LSU, its bulk-group commit / wait protocol, and the proxy
 // fence that makes ordinary shared stores visible to it. Only for code compiled for sm_90+.

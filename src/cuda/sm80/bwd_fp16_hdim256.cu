@@ -4,9 +4,9 @@
 
 namespace flashflex::sm80 {
 
-template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kNone>(const BwdParams&, void*);
-template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kSoftcap>(const BwdParams&, void*);
-template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kAlibi>(const BwdParams&, void*);
-template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kBias>(const BwdParams&, void*);
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kNone>(const cuda::BwdParams&, void*);
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kSoftcap>(const cuda::BwdParams&, void*);
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kAlibi>(const cuda::BwdParams&, void*);
+template void launch_bwd_main<DType::kFloat16, 256, ScoreModKind::kBias>(const cuda::BwdParams&, void*);
 
 }  // namespace flashflex::sm80

@@ -3,7 +3,7 @@
 // the input dtype and written to dk, dv (strided, rows past KV_LEN skipped; staged through the
 // shared memory of K / V, which the main loop no longer reads, for 16-byte stores), or, when the
 // GQA group is split over several CTAs, stored in fp32 into the workspace partials that
-// bwd_reduce_dkv_kernel (convert_dq_bwd.cuh) sums.
+// bwd_reduce_dkv_kernel (bwd/convert.cuh) sums.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,7 @@
 #include "cuda/ptx/cp_async.cuh"
 #include "cuda/ptx/mma.cuh"
 #include "cuda/sm80/kernel_traits_bwd.cuh"
-#include "cuda/sm80/params_bwd.hpp"
+#include "cuda/params.hpp"
 
 namespace flashflex::sm80 {
 
@@ -34,7 +34,7 @@ __device__ __forceinline__ void stage_acc(unsigned char* tile, const float (&acc
 
 // Swizzled [kBlockN][kHeadDim] shared tile -> rows [n0, kv_len) of `out` (16-byte stores).
 template <class Tr>
-__device__ __forceinline__ void write_tile(const unsigned char* tile, const BwdTensor& out, int b, int kv_head,
+__device__ __forceinline__ void write_tile(const unsigned char* tile, const cuda::TensorView& out, int b, int kv_head,
                                            int n0, int kv_len, int tid) {
   using T = typename Tr::T;
   constexpr int kChunksPerRow = Tr::kHeadDim / 8;
@@ -52,7 +52,7 @@ __device__ __forceinline__ void write_tile(const unsigned char* tile, const BwdT
 }
 
 template <class Tr>
-__device__ __forceinline__ void store_dkv(const BwdParams& p, unsigned char* smem,
+__device__ __forceinline__ void store_dkv(const cuda::BwdParams& p, unsigned char* smem,
                                           const float (&dk)[Tr::kKvFragsN][Tr::kKvFragsD][4],
                                           const float (&dv)[Tr::kKvFragsN][Tr::kKvFragsD][4], int b, int kv_head,
                                           int split, int n0, int tid) {

@@ -85,7 +85,7 @@ struct BwdTraitsBase {
   static constexpr int kOffLse = kOffDs + kPBytes;         // kStages stages
   static constexpr int kOffDpsum = kOffLse + kStages * kStatBytes;
   static constexpr int kStepsBytes = 160, kWalkBytes = 128;
-  static constexpr int kOffSteps = kOffDpsum + kStages * kStatBytes;  // BwdStep[3] (tile_iter_bwd.cuh)
+  static constexpr int kOffSteps = kOffDpsum + kStages * kStatBytes;  // BwdStep[3] (common/q_walk.cuh)
   static constexpr int kOffWalk = kOffSteps + kStepsBytes;            // QWalkState
   static constexpr int kSmemAlign = 128;  // tiles start 128-byte aligned (mainloop_bwd.cuh)
   static constexpr int kSmemBytes = kOffWalk + kWalkBytes + kSmemAlign;

@@ -74,7 +74,7 @@ struct FwdTraits {
 //   hdim  64: 128 x 64,  4 warps of 32 rows (2 m16 slabs), 2 CTAs / SM.
 //   hdim 128: 128 x 128, 8 warps of 16 rows, Q in registers, Q aliasing K's stage 1: 132 KiB
 //             smem, 1 CTA / SM: the fastest spill-free shape of the H100 sweep
-//             (bench/fwd_variants.cu; 4 warps of 32 rows at 128 x 64 ran ~7% faster but spills).
+//             (bench/NOTES.md, the tile sweep; 4 warps of 32 rows at 128 x 64 ran ~7% faster but spills).
 //             The bias mod (a global load per score) does not fit its registers: 128 x 64,
 //             8 warps, Q in shared memory.
 //   hdim 256: 128 x 32,  8 warps of 16 rows, 129 KiB smem (fits the 163 KiB of an A100),

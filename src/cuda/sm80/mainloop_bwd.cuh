@@ -1,39 +1,42 @@
-// The sm80 backward main kernel (FlashAttention-2 style, KERNEL_NOTES.md section 3). One CTA per
+// The sm80 backward main kernel (FlashAttention-2 style, arXiv 2307.08691). One CTA per
 // (kv tile of kBlockN keys, kv head x split of its GQA group, batch): K and V stay in shared
 // memory and fp32 dK, dV in registers while the CTA walks, for each of its query heads, the q
-// tiles that the block mask lists for its kv tile (tile_iter_bwd.cuh). Per step of kBlockM rows:
+// tiles that the block mask lists for its kv tile (common/q_walk.cuh). Per step of kBlockM rows:
 //   S = Q K^T, dP = dO V^T                      (gemm_bwd.cuh, warps kWarpsSdpM x kWarpsSdpN)
-//   P = exp2(mod(S) - LSE2) on visible scores, dS = P (dP - dpsum) mod'   (mod_mask_bwd.cuh)
+//   P = exp2(mod(S) - LSE2) on visible scores, dS = P (dP - dpsum) mod'
+//                                               (common/step_visibility.cuh, common/score_mod.cuh)
 //   P, dS -> shared memory (16-bit); dQacc += dS K; dV += P^T dO, dK += dS^T Q
 //   (deterministic mode: dV, dK before dQ)
-// dQ's fp32 tile goes into the workspace by red.add from registers, except on sm_90 and newer
-// (BwdParams::dq_bulk: not deterministic, head dim 128 or 256): each warp stores its tile into
-// shared memory and one lane has the copy engine add it (cp.reduce.async.bulk.tensor). The 4096
-// reductions per step through the LSU kept the warps stalled on a full memory-instruction queue
-// (bench/NOTES.md, v11).
+// dQ's fp32 tile goes into the workspace through common/dq_writer.cuh (red.add from registers, or
+// on sm_90 code the copy engine's bulk reduce-add from shared memory).
 // Q and dO of the next step are prefetched (cp.async) as the current one starts; the walk itself
 // runs two steps ahead (three step slots in shared memory). dK, dV
 // are summed over the CTA's heads in registers (no atomics); epilogue_bwd.cuh stores dK * scale,
-// dV, or fp32 partials when the group is split over several CTAs (summed by convert_dq_bwd.cuh).
-// Inputs come from preprocess_bwd.cuh (LSE2, dpsum, zeroed dQacc); convert_dq_bwd.cuh finishes dQ.
+// dV, or fp32 partials when the group is split over several CTAs (summed by bwd/convert.cuh).
+// Inputs come from bwd/preprocess.cuh (LSE2, dpsum, zeroed dQacc); bwd/convert.cuh finishes dQ.
 #pragma once
 
 #include <cstdint>
 
+#include "cuda/common/dq_writer.cuh"
+#include "cuda/common/q_walk.cuh"
+#include "cuda/common/score_mod.cuh"
+#include "cuda/common/step_visibility.cuh"
+#include "cuda/params.hpp"
 #include "cuda/ptx/cp_async.cuh"
 #include "cuda/ptx/ldmatrix.cuh"
 #include "cuda/ptx/math.cuh"
 #include "cuda/ptx/mma.cuh"
-#include "cuda/ptx/atomics_bwd.cuh"
-#include "cuda/ptx/bulk_reduce.cuh"
 #include "cuda/sm80/epilogue_bwd.cuh"
 #include "cuda/sm80/gemm_bwd.cuh"
 #include "cuda/sm80/kernel_traits_bwd.cuh"
-#include "cuda/sm80/mod_mask_bwd.cuh"
-#include "cuda/sm80/params_bwd.hpp"
-#include "cuda/sm80/tile_iter_bwd.cuh"
 
 namespace flashflex::sm80 {
+
+using cuda::BwdParams;
+using cuda::BwdStep;
+using cuda::QWalk;
+using cuda::QWalkState;
 
 // cp.async of a [kRows x kCols] tile from `gmem` (rows row_stride apart; the first `valid_rows`
 // in range, the rest zero-filled; kAllValid: every row in range) into a swizzled shared tile, by
@@ -58,7 +61,7 @@ __device__ __forceinline__ void load_tile(uint32_t smem, const typename Tr::T* g
 
 // Loads of one step into stage `stage`: Q, dO rows [m0, m0 + kBlockM) of head hq and their LSE2,
 // dpsum (workspace rows are padded to 128, so the statistics need no bounds). The step carries
-// its row offsets (tile_iter_bwd.cuh): one 64-bit add per tensor here.
+// its row offsets (common/q_walk.cuh): one 64-bit add per tensor here.
 template <class Tr>
 __device__ __forceinline__ void load_step(const BwdParams& p, uint32_t smem, int stage, const BwdStep& s, int tid) {
   using T = typename Tr::T;
@@ -218,9 +221,9 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
           dp_acc, sdp_a + kDoFromQ, sdp_b + Tr::kKBytes);
 
       const int m0 = cur.m0, hq = cur.hq;
-      const uint32_t vis = StepVisibility<Tr>::compute(p, cur.partial, cur.mask_bh, cur.q_tile, kv_tile, m0, n0,
+      const uint32_t vis = cuda::StepVisibility<Tr::kSdpFragsM, Tr::kSdpFragsN, Tr::kBlockM, Tr::kBlockN>::compute(p, cur.partial, cur.mask_bh, cur.q_tile, kv_tile, m0, n0,
                                                        sdp_row0, sdp_col0, lane);
-      const BwdScoreMod<kMod> mod(p, b, hq);
+      const cuda::ScoreModLogit2<kMod> mod(p.mod, p.scale, p.scale_log2, b, hq);
       float* dbias = nullptr;  // this head's [Q_LEN, KV_LEN] slice of the fp32 dbias accumulator
       if (kMod == ScoreModKind::kBias && p.dbias_accum != nullptr) {
         const int bb = p.bias_batch == 1 ? 0 : b, hb = p.bias_heads == 1 ? 0 : hq;
@@ -298,77 +301,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
         dq_b[np] = b_base<Tr::kHeadDim>(smem + Tr::kOffK, lane, dq_col0 + np * 16);
       gemm_ab<T, Tr::kDqFragsM, Tr::kDqFragsD, Tr::kBlockN, Tr::kBlockN, Tr::kHeadDim>(dq_acc, dq_a, dq_b, 0);
 
-#if __CUDA_ARCH__ >= 900
-      if constexpr (Tr::kBulkDq) {
-        if (p.dq_bulk) {  // through shared memory and the copy engine (see the top of this file)
-          const uint32_t box = ((smem + Tr::kOffWalk + Tr::kWalkBytes + 1023u) & ~1023u) +
-                               warp * Tr::kDqWarpStageBytes;
-          if (lane == 0) ptx::bulk_wait_read_all();  // the previous step's add has read the box
-          __syncwarp();
-#pragma unroll
-          for (int mi = 0; mi < Tr::kDqFragsM; ++mi)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int r = mi * 16 + g + h * 8;
-#pragma unroll
-              for (int ni = 0; ni < Tr::kDqFragsD; ++ni) {
-                const int c = ni * 8 + 2 * t;  // 128-byte swizzle: 16-byte chunk ^= row % 8
-                const uint32_t addr = box + (c / 32) * Tr::kDqBoxBytes + r * 128 +
-                                      (((((c % 32) * 4) >> 4) ^ (r & 7)) << 4) + (((c % 32) * 4) & 15);
-                ptx::st_shared_f32x2(addr, dq_acc[mi][ni][h * 2], dq_acc[mi][ni][h * 2 + 1]);
-              }
-            }
-          ptx::fence_proxy_async_shared();
-          __syncwarp();
-          if (lane == 0) {
-#pragma unroll
-            for (int c = 0; c < Tr::kDqTileD; c += 32) {
-              ptx::bulk_tensor_reduce_add_2d(&p.dq_map, box + (c / 32) * Tr::kDqBoxBytes, dq_col0 + c,
-                                             static_cast<int>(cur.ws_row) + dq_row0);
-            }
-            ptx::bulk_commit_group();
-          }
-          return;
-        }
-      }
-#endif
-      const int hq = cur.hq, q_tile = cur.q_tile;
-      int32_t* sem = nullptr;
-      int rank = 0;
-      if (p.deterministic) {  // wait for the CTAs of higher kv blocks that add into this q tile
-        sem = p.dq_semaphore + (static_cast<int64_t>(b) * p.q_heads + hq) * p.num_q_tiles + q_tile;
-        if (p.mask.present) {
-          // CTAs of this kv tile: kCtasPerTile, fewer only in the last tile.
-          const int keys = min(kTileSize, p.kv_len - kv_tile * kTileSize);
-          const int ctas_in_tile = kCtasPerTile == 1 ? 1 : (keys + Tr::kBlockN - 1) / Tr::kBlockN;
-          rank = __ldg(p.dq_rank + (static_cast<int64_t>(cur.mask_bh) * p.num_kv_tiles + kv_tile) * p.num_q_tiles +
-                       q_tile) +
-                 ctas_in_tile - 1 - kv_block_of(p) % kCtasPerTile;
-        } else {
-          rank = gridDim.y - 1 - kv_block_of(p);
-        }
-        if (tid == 0) {
-          while (ptx::ld_acquire_gpu(sem) != rank) {
-          }
-        }
-        __syncthreads();
-      }
-      float* dq = p.dq_accum + cur.ws_row * Tr::kHeadDim;
-#pragma unroll
-      for (int mi = 0; mi < Tr::kDqFragsM; ++mi)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float* row = dq + (dq_row0 + mi * 16 + g + h * 8) * Tr::kHeadDim + dq_col0 + 2 * t;
-#pragma unroll
-          for (int ni = 0; ni < Tr::kDqFragsD; ++ni) {
-            ptx::red_add_f32x2(row + ni * 8, dq_acc[mi][ni][h * 2], dq_acc[mi][ni][h * 2 + 1]);
-          }
-        }
-      if (p.deterministic && (!nxt.valid || nxt.hq != hq || nxt.q_tile != q_tile)) {
-        __threadfence();  // publish: the next kv tile may add into this q tile
-        __syncthreads();
-        if (tid == 0) atomicExch(sem, rank + 1);
-      }
+      cuda::DqWriter<Tr>::add(p, dq_acc, smem, cur, nxt, b, kv_tile, kv_block_of(p), dq_row0, dq_col0, warp, lane, tid);
     };
 
     if (p.deterministic) {
@@ -379,10 +312,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
       dkv_gemms();
     }
   }
-#if __CUDA_ARCH__ >= 900
-  // Shared memory must outlive the last adds of each warp.
-  if (Tr::kBulkDq && p.dq_bulk && threadIdx.x % 32 == 0) ptx::bulk_wait_all();
-#endif
+  cuda::DqWriter<Tr>::drain(p);
 
   store_dkv<Tr>(p, smem_buf, dk_acc, dv_acc, b, blockIdx.x / p.splits, blockIdx.x % p.splits, n0, tid);
 }

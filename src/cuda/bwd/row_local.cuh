@@ -1,6 +1,6 @@
-// The EAGLE3 row-local pass of the backward (KERNEL_NOTES.md section 5), run after the
+// The EAGLE3 row-local pass of the backward (DESIGN.md decision 5), run after the
 // block-sparse kernel over block 0 and before dQ's conversion. The forward's LSE and dpsum
-// (= rowsum(dO * O) - dlse, preprocess_bwd.cuh) already include the row-local keys, so the
+// (= rowsum(dO * O) - dlse, bwd/preprocess.cuh) already include the row-local keys, so the
 // block-sparse kernel needs no change; this pass adds what the diagonal keys K_j[q] contribute:
 //   p_j  = exp2(q.K_j[q] * scale * log2(e) - LSE2)      dS_j = p_j (dO.V_j[q] - dpsum)
 //   dQ  += dS_j K_j[q]               (into the fp32 accumulator, unscaled like the main kernel's)
@@ -18,9 +18,9 @@
 
 #include "cuda/ptx/math.cuh"
 #include "cuda/ptx/mma.cuh"
-#include "cuda/sm80/row_local.hpp"
+#include "cuda/params.hpp"
 
-namespace flashflex::sm80 {
+namespace flashflex::bwd {
 
 inline constexpr int kRowLocalBwdWarps = 8;  // rows per CTA
 
@@ -67,13 +67,13 @@ __device__ __forceinline__ float dot_cols(const float (&a)[kE], const float (&b)
 }
 
 template <typename T>
-__device__ __forceinline__ const T* row_ptr(const BwdTensor& t, int b, int h, int64_t row) {
+__device__ __forceinline__ const T* row_ptr(const cuda::TensorView& t, int b, int h, int64_t row) {
   return static_cast<const T*>(t.data) + b * t.stride_b + h * t.stride_h + row * t.stride_t;
 }
 
 // Grid (ceil(q_len / kRowLocalBwdWarps), batch * kv_heads); kRowLocalBwdWarps warps.
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kRowLocalBwdWarps * 32) row_local_bwd_kernel(const __grid_constant__ RowLocalBwdParams p) {
+__global__ void __launch_bounds__(kRowLocalBwdWarps * 32) row_local_bwd_kernel(const __grid_constant__ cuda::RowLocalBwdParams p) {
   constexpr int kE = kHeadDim / 32;            // columns per lane
   constexpr int kChunk = kHeadDim <= 128 ? 8 : 4;  // blocks whose K, V, dK, dV rows stay in registers
   const int lane = threadIdx.x % 32;
@@ -145,4 +145,4 @@ __global__ void __launch_bounds__(kRowLocalBwdWarps * 32) row_local_bwd_kernel(c
   }
 }
 
-}  // namespace flashflex::sm80
+}  // namespace flashflex::bwd

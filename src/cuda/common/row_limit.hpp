@@ -1,6 +1,6 @@
 // RowLimit: a per-sample bound on the query rows that see anything (the EAGLE3 rows past
-// L_b - k, src/cuda/sm80/row_local.hpp). The forward skips q blocks at or past it and empties
-// the rows; the backward's q walk (tile_iter_bwd.cuh) skips q tiles at or past it. Plain data,
+// L_b - k, RowLocalKeys in cuda/params.hpp). The forward skips q blocks at or past it and empties
+// the rows; the backward's q walk (common/q_walk.cuh) skips q tiles at or past it. Plain data,
 // host and device.
 #pragma once
 
@@ -8,7 +8,7 @@
 
 #include "mask/bitmap.hpp"  // FLASHFLEX_HOST_DEVICE
 
-namespace flashflex::sm80 {
+namespace flashflex::cuda {
 
 // Valid rows of sample b: clamp((lengths ? lengths[b] : q_len) - shift, 0, q_len).
 struct RowLimit {
@@ -28,4 +28,4 @@ struct RowLimit {
   }
 };
 
-}  // namespace flashflex::sm80
+}  // namespace flashflex::cuda

@@ -1,38 +1,34 @@
-// The EAGLE3 row-local keys in the sm80 forward (KERNEL_NOTES.md section 5): after the kv loop
-// over block 0, each row's diagonal keys K_j[q] (1 <= j <= count) join the same online softmax
-// as one more column each. A row lives in a quad of the accumulator layout (softmax.cuh), each
+// The EAGLE3 row-local keys in the forward (DESIGN.md decision 5): after the kv loop over
+// block 0, each row's diagonal keys K_j[q] (1 <= j <= count) join the same online softmax as one
+// more column each. A row lives in a quad of the accumulator layout (common/fragment.cuh), each
 // thread owning columns 8 c + 2 (lane % 4) + {0, 1} of O: it reads those columns of q, K_j[q] and
 // V_j[q] straight from global memory (one 4-byte load each, a quad covering 16 contiguous
 // bytes), dots, quad-shuffles the dot, then rescales and updates its part of the row state.
-// Rows at or past the sample's valid length (row_local.hpp) end with an empty row state, which
-// softmax.cuh's finish turns into out 0, lse -inf. O(count * rows * D) work, no tensor-core tile.
+// Rows at or past the sample's valid length (RowLocalKeys::limit) end with an empty row state,
+// which online_softmax.cuh's finish turns into out 0, lse -inf. O(count * rows * D) work, no tensor-core tile.
 #pragma once
 
 #include <cstdint>
 
 #include "cuda/ptx/math.cuh"
 #include "cuda/ptx/mma.cuh"
-#include "cuda/sm80/params_fwd.hpp"
+#include "cuda/params.hpp"
 
-namespace flashflex::sm80 {
+namespace flashflex::cuda {
 
-template <class Traits>
-struct RowLocalFwd {
-  using Element = typename Traits::Element;
-  static constexpr int kMSlabs = Traits::kMSlabs;
-  static constexpr int kNTilesO = Traits::kNTilesO;
-
+template <typename Element, int kMSlabs, int kNTilesO>
+struct RowLocalFold {
   __device__ static float2 load_pair(const Element* row, int col) {
     return ptx::unpack2<Element>(*reinterpret_cast<const uint32_t*>(row + col));
   }
 
   // warp_row0: the tile-relative first row of the warp, q_row0: the absolute row of tile row 0;
-  // sl2 = scale * log2(e) (the running max is in raw q.k units, softmax.cuh).
+  // sl2 = scale * log2(e) (the running max is in raw q.k units, online_softmax.cuh).
   template <class Softmax>
   __device__ static void fold(Softmax& softmax, float (&acc_o)[kMSlabs][kNTilesO][4], const FwdParams& p, int b,
                               int h, int hkv, int q_row0, int warp_row0, int valid_rows, float sl2, int lane) {
     const RowLocalKeys& keys = p.row_local;
-    const Element* q_head = static_cast<const Element*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
+    const Element* q_head = static_cast<const Element*>(p.q.data) + b * p.q.stride_b + h * p.q.stride_h;
     const int col0 = 2 * (lane & 3);
 #pragma unroll
     for (int s = 0; s < kMSlabs; ++s)
@@ -41,9 +37,9 @@ struct RowLocalFwd {
         const int q = q_row0 + warp_row0 + s * 16 + (lane >> 2) + j * 8;
         const bool valid = q < valid_rows;
         const int64_t t = valid ? q : 0;  // rows past the end read row 0 and discard it
-        const Element* q_row = q_head + t * p.q_stride_t;
+        const Element* q_row = q_head + t * p.q.stride_t;
         for (int i = 0; i < keys.count; ++i) {  // warp-uniform: the shuffles see every lane
-          const BwdTensor& kb = keys.k[i];
+          const TensorView& kb = keys.k[i];
           const Element* k_row =
               static_cast<const Element*>(kb.data) + b * kb.stride_b + hkv * kb.stride_h + t * kb.stride_t;
           float dot = 0.f;
@@ -61,7 +57,7 @@ struct RowLocalFwd {
           softmax.row_max[s][j] = m_new;
           // row_sum holds per-thread partials, quad-summed by finish: one thread adds pr.
           softmax.row_sum[s][j] = fmaf(softmax.row_sum[s][j], alpha, (lane & 3) == 0 ? pr : 0.f);
-          const BwdTensor& vb = keys.v[i];
+          const TensorView& vb = keys.v[i];
           const Element* v_row =
               static_cast<const Element*>(vb.data) + b * vb.stride_b + hkv * vb.stride_h + t * vb.stride_t;
 #pragma unroll
@@ -76,4 +72,4 @@ struct RowLocalFwd {
   }
 };
 
-}  // namespace flashflex::sm80
+}  // namespace flashflex::cuda

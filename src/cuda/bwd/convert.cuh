@@ -1,24 +1,24 @@
-// Last kernels of the sm80 backward, after mainloop_bwd.cuh:
+// The backward's last passes, after the main kernel of any architecture (bwd/passes.cu):
 //   bwd_convert_dq_kernel:    dq = dq_accum * scale in q's dtype (16-byte loads and stores),
 //   bwd_convert_dbias_kernel: dbias = dbias_accum in the bias's dtype (bias mod only),
 //   bwd_reduce_dkv_kernel:    dk, dv = the sum, in split order, of the fp32 partials of the CTAs
-//                             that share a kv tile when the GQA group is split (epilogue_bwd.cuh).
+//                             that share a kv tile when the GQA group is split (the main kernel's epilogue).
 // Every element of dq / dbias is written (rows no kv tile reached hold an accumulated 0).
 #pragma once
 
 #include <cstdint>
 
 #include "cuda/ptx/mma.cuh"
-#include "cuda/sm80/params_bwd.hpp"
+#include "cuda/params.hpp"
 #include "flashflex/tensor.hpp"
 
-namespace flashflex::sm80 {
+namespace flashflex::bwd {
 
 inline constexpr int kConvertThreads = 256;
 
 // One thread per 8 elements of dq: grid covers B * Hq * Q_LEN * kHeadDim / 8.
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kConvertThreads) bwd_convert_dq_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(kConvertThreads) bwd_convert_dq_kernel(const cuda::BwdParams p) {
   constexpr int kChunks = kHeadDim / 8;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kConvertThreads + threadIdx.x;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.q_heads * p.q_len;
@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kConvertThreads) bwd_convert_dq_kernel(const B
 
 // One thread per 8 elements of dk and of dv: grid covers B * Hkv * KV_LEN * kHeadDim / 8.
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kConvertThreads) bwd_reduce_dkv_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(kConvertThreads) bwd_reduce_dkv_kernel(const cuda::BwdParams p) {
   constexpr int kChunks = kHeadDim / 8;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kConvertThreads + threadIdx.x;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.kv_heads * p.kv_len;
@@ -69,14 +69,14 @@ __global__ void __launch_bounds__(kConvertThreads) bwd_reduce_dkv_kernel(const B
     out.y = ptx::pack2<T>(acc[2], acc[3]);
     out.z = ptx::pack2<T>(acc[4], acc[5]);
     out.w = ptx::pack2<T>(acc[6], acc[7]);
-    const BwdTensor& dst = which == 0 ? p.dk : p.dv;
+    const cuda::TensorView& dst = which == 0 ? p.dk : p.dv;
     *reinterpret_cast<uint4*>(static_cast<T*>(dst.data) + b * dst.stride_b + h * dst.stride_h + t * dst.stride_t +
                               c * 8) = out;
   }
 }
 
 // One thread per element of dbias [Bb, Hb, Q_LEN, KV_LEN]; dtype p.dbias_dtype.
-__global__ void __launch_bounds__(kConvertThreads) bwd_convert_dbias_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(kConvertThreads) bwd_convert_dbias_kernel(const cuda::BwdParams p) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kConvertThreads + threadIdx.x;
   const int64_t cols = p.kv_len, rows = static_cast<int64_t>(p.bias_batch) * p.bias_heads * p.q_len;
   if (i >= rows * cols) return;
@@ -96,4 +96,4 @@ __global__ void __launch_bounds__(kConvertThreads) bwd_convert_dbias_kernel(cons
   }
 }
 
-}  // namespace flashflex::sm80
+}  // namespace flashflex::bwd

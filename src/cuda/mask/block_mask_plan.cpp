@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "cuda/block_mask_device.hpp"
-#include "cuda/block_mask_program.hpp"
+#include "cuda/mask/block_mask_device.hpp"
+#include "cuda/mask/block_mask_program.hpp"
 #include "flashflex/error.hpp"
 #include "mask/mask_node.hpp"
 

@@ -1,13 +1,10 @@
-// Preprocess kernels of the sm80 backward, run before mainloop_bwd.cuh:
-//   bwd_preprocess_kernel: per query row, dpsum = rowsum(dO * O) - dlse (the D of KERNEL_NOTES
-//     section 3, minus the lse gradient: dS = P (dP - D + dlse)) and LSE2 = LSE * log2(e), with
+// The backward's preprocess pass, run before the main kernel of any architecture (bwd/passes.cu):
+//   bwd_preprocess_kernel: per query row, dpsum = rowsum(dO * O) - dlse (FA2's D = rowsum(dO * O),
+//     minus the lse gradient: dS = P (dP - D + dlse)) and LSE2 = LSE * log2(e), with
 //     LSE = -inf (a row that saw nothing) mapped to +inf so that exp2(logit2 - LSE2) is 0 for
 //     every logit, never NaN: such a row gets zero gradients even where its scores are not
-//     masked (the EAGLE3 rows past a sample's valid length, src/cuda/sm80/row_local.hpp).
+//     masked (the EAGLE3 rows past a sample's valid length, RowLocalKeys in cuda/params.hpp).
 //     Rows past Q_LEN (padding to 128) get 0.
-//   bwd_rank_mark_kernel / bwd_rank_scan_kernel (deterministic mode with a block mask): for each
-//     (mask batch-head, q tile m, kv tile n listing m) the number of CTAs of the kv tiles above n
-//     that list m: the CTAs add into dQ in descending kv order (mainloop_bwd.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,11 +12,9 @@
 
 #include <cstdint>
 
-#include "cuda/score_mod.cuh"
-#include "cuda/sm80/params_bwd.hpp"
-#include "flashflex/block_mask.hpp"
+#include "cuda/params.hpp"
 
-namespace flashflex::sm80 {
+namespace flashflex::bwd {
 
 inline constexpr int kPreprocessThreads = 256;
 
@@ -52,7 +47,7 @@ __device__ __forceinline__ void unpack8<__half>(const uint4& v, float (&f)[8]) {
 // One row per kHeadDim / 8 consecutive threads (16 bytes of dO and O each); grid covers
 // B * Hq * q_len_pad rows.
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kPreprocessThreads) bwd_preprocess_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(kPreprocessThreads) bwd_preprocess_kernel(const cuda::BwdParams p) {
   constexpr int kThreadsPerRow = kHeadDim / 8;
   constexpr int kRowsPerBlock = kPreprocessThreads / kThreadsPerRow;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kThreadsPerRow;
@@ -78,43 +73,13 @@ __global__ void __launch_bounds__(kPreprocessThreads) bwd_preprocess_kernel(cons
   if (!in_grid || part != 0) return;
   float lse2 = 0.f, dpsum = 0.f;
   if (valid) {
-    const float lse = p.lse[b * p.lse_stride_b + h * p.lse_stride_h + t * p.lse_stride_t];
+    const float lse = p.lse.data[b * p.lse.stride_b + h * p.lse.stride_h + t * p.lse.stride_t];
     lse2 = lse == -INFINITY ? INFINITY : lse * cuda::kLog2e;
     dpsum = dot;
-    if (p.dlse != nullptr) dpsum -= p.dlse[b * p.dlse_stride_b + h * p.dlse_stride_h + t * p.dlse_stride_t];
+    if (p.dlse.data != nullptr) dpsum -= p.dlse.data[b * p.dlse.stride_b + h * p.dlse.stride_h + t * p.dlse.stride_t];
   }
   p.lse2[row] = lse2;
   p.dpsum[row] = dpsum;
 }
 
-// rank[bh, n, m] = 1 where kv tile n lists q tile m (partial or full); rank starts zeroed.
-// Grid (num_kv_tiles, mask batch * heads).
-__global__ void bwd_rank_mark_kernel(const BwdParams p) {
-  const int n = blockIdx.x, bh = blockIdx.y;
-  const int64_t row = static_cast<int64_t>(bh) * p.num_kv_tiles + n;
-  int32_t* rank = p.dq_rank + row * p.num_q_tiles;
-  const int partial = p.mask.q_num_blocks[row], full = p.mask.full_q_num_blocks[row];
-  for (int i = threadIdx.x; i < partial; i += blockDim.x) rank[p.mask.q_indices[row * p.num_q_tiles + i]] = 1;
-  for (int i = threadIdx.x; i < full; i += blockDim.x) rank[p.mask.full_q_indices[row * p.num_q_tiles + i]] = 1;
-}
-
-// rank[bh, n, m] = CTAs of the kv tiles n' > n that list m (read only where n lists m); a tile
-// has 128 / block_n CTAs, the last one possibly fewer. One thread per (bh, m).
-__global__ void bwd_rank_scan_kernel(const BwdParams p) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t total = static_cast<int64_t>(p.mask.batch) * p.mask.heads * p.num_q_tiles;
-  if (i >= total) return;
-  const int64_t bh = i / p.num_q_tiles, m = i % p.num_q_tiles;
-  int32_t* col = p.dq_rank + bh * p.num_kv_tiles * p.num_q_tiles + m;
-  int32_t count = 0;
-  for (int n = p.num_kv_tiles - 1; n >= 0; --n) {
-    int32_t* r = col + static_cast<int64_t>(n) * p.num_q_tiles;
-    if (*r != 0) {
-      *r = count;
-      const int keys = min(kTileSize, p.kv_len - n * kTileSize);
-      count += (keys + p.block_n - 1) / p.block_n;
-    }
-  }
-}
-
-}  // namespace flashflex::sm80
+}  // namespace flashflex::bwd

@@ -1,4 +1,4 @@
-// The q-direction walk of one backward CTA (mainloop_bwd.cuh): for each of its query heads
+// The q-direction walk of one backward CTA (the main kernels): for each of its query heads
 // (heads_per_cta heads of the GQA group, from head0), the q tiles of the CTA's kv tile in
 // ascending order, merged from the partial list (q_num_blocks / q_indices: masked with the tile's
 // bitmap) and the full list (full_q_*: no mask work except sequence bounds on ragged tiles);
@@ -18,10 +18,10 @@
 #include <cstdint>
 
 #include "cuda/ptx/cp_async.cuh"
-#include "cuda/sm80/params_bwd.hpp"
+#include "cuda/params.hpp"
 #include "flashflex/block_mask.hpp"
 
-namespace flashflex::sm80 {
+namespace flashflex::cuda {
 
 // One step of the walk: q rows [m0, m0 + kBlockM) of query head `hq`, with the offsets of its
 // first row in Q, dO (elements) and in the workspace rows (LSE2, dpsum; times the head dim: dQacc),
@@ -122,7 +122,7 @@ struct QWalk {
  private:
   // Opens both lists of head `head` (blocking loads: once per head).
   __device__ static void open_lists(QWalkState& w, const BwdParams& p, int b, int kv_tile) {
-    const BwdMask& m = p.mask;
+    const BlockMaskView& m = p.mask;
     w.index[0] = w.index[1] = 0;
     if (!m.present) {
       w.list_off = -1;
@@ -161,4 +161,4 @@ struct QWalk {
   }
 };
 
-}  // namespace flashflex::sm80
+}  // namespace flashflex::cuda

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "cuda/block_mask_device.hpp"
-#include "cuda/block_mask_kernels.cuh"
-#include "cuda/block_mask_program.hpp"
+#include "cuda/mask/block_mask_device.hpp"
+#include "cuda/mask/block_mask_kernels.cuh"
+#include "cuda/mask/block_mask_program.hpp"
 #include "cuda/cuda_check.hpp"
 #include "cuda/launch_common.hpp"
 #include "flashflex/error.hpp"

@@ -1,6 +1,6 @@
-// Score modifications as compile-time functors, shared by the forward (src/cuda/sm80/*_fwd*) and
-// the backward kernels. A functor is built once per CTA for its (batch b, query head h) from
-// ScoreModParams, then applied to each score s = scale * q.k (torch flex semantics: the mod sees
+// Score modifications as compile-time functors, shared by the forward and backward kernels of
+// every architecture. A functor is built once per CTA for its (batch b, query head h) from
+// ScoreModParams (cuda/params.hpp), then applied to each score s = scale * q.k (torch flex semantics: the mod sees
 // the scaled score, before masking) with the element's absolute (q_idx, kv_idx):
 //
 //   ScoreModOp<kKind> mod(params, b, h);            // params must outlive mod (it keeps a reference;
@@ -9,6 +9,8 @@
 //   float ds    = mod.derivative(s, q_idx, kv_idx); // d s_mod / d s at the same s (backward)
 //   ScoreModOp<kKind>::kIsIdentity                  // true only for kNone: kernels then keep
 //                                                   // scores unscaled and skip the call entirely
+//   ScoreModLogit2<kKind>                           // the backward's form: log2(e) * mod(scale * acc)
+//                                                   // and its derivative from the raw q.k
 //
 // Kinds (include/flashflex/mods.hpp): none; softcap c * tanh(s / c); alibi s + slope[h] * (kv - q);
 // bias s + bias[b', h', q, kv] (size-1 batch / head broadcast, any strides, fp32 / fp16 / bf16).
@@ -20,27 +22,11 @@
 
 #include <cstdint>
 
+#include "cuda/params.hpp"
 #include "flashflex/mods.hpp"
 #include "flashflex/tensor.hpp"
 
 namespace flashflex::cuda {
-
-inline constexpr float kLog2e = 1.4426950408889634f;  // log2(e): exp(x) = exp2(x * kLog2e)
-
-// Device-side description of the score mod (plain data, filled on the host by the launchers).
-struct ScoreModParams {
-  float softcap = 0.f;                  // kSoftcap: c > 0
-  const float* alibi_slopes = nullptr;  // kAlibi: float32 [Hq]
-  int64_t alibi_stride = 1;
-  const void* bias = nullptr;           // kBias: [B or 1, Hq or 1, Q_LEN, KV_LEN]
-  DType bias_dtype = DType::kFloat32;
-  int64_t bias_stride_b = 0;            // 0 for a broadcast (size-1) dimension
-  int64_t bias_stride_h = 0;
-  int64_t bias_stride_q = 0;
-  int64_t bias_stride_kv = 1;
-  int q_len = 0;
-  int kv_len = 0;
-};
 
 namespace detail {
 
@@ -79,7 +65,7 @@ struct ScoreModOp<ScoreModKind::kSoftcap> {
   static constexpr bool kIsIdentity = false;
   float cap, inv_cap;
   __device__ ScoreModOp(const ScoreModParams& params, int /*b*/, int /*h*/)
-      : cap(params.softcap), inv_cap(1.f / params.softcap) {}
+      : cap(params.softcap), inv_cap(params.softcap_inv) {}
   __device__ float operator()(float s, int /*q*/, int /*kv*/) const { return cap * detail::tanh_fast(s * inv_cap); }
   // 1 - tanh^2(s / c): finite for every finite s (apply it before masking, never to -inf).
   __device__ float derivative(float s, int /*q*/, int /*kv*/) const {
@@ -110,6 +96,45 @@ struct ScoreModOp<ScoreModKind::kBias> {
     return s + detail::load_as_float(p.bias, offset_bh + q * p.bias_stride_q + kv * p.bias_stride_kv, p.bias_dtype);
   }
   __device__ float derivative(float /*s*/, int /*q*/, int /*kv*/) const { return 1.f; }
+};
+
+// The score mod of one (sample, query head) in base-2 logit units, for the backward:
+// logit2(acc) = log2(e) * mod(scale * acc) and dmod = d mod / d s at s = scale * acc. Identity folds
+// to one multiply (FA2's P = exp2(acc * scale_log2 - LSE2)).
+template <ScoreModKind kMod>
+struct ScoreModLogit2 {
+  ScoreModOp<kMod> op;
+  float scale;
+  __device__ ScoreModLogit2(const ScoreModParams& mod, float scale_, float /*scale_log2*/, int b, int hq)
+      : op(mod, b, hq), scale(scale_) {}
+  __device__ __forceinline__ float logit2(float acc, int q, int kv, float& dmod) const {
+    const float s = acc * scale;
+    dmod = op.derivative(s, q, kv);
+    return op(s, q, kv) * kLog2e;
+  }
+};
+
+// Soft-cap: the same tanh as ScoreModOp<kSoftcap> (detail::tanh_fast), computed once for both the
+// value and the derivative.
+template <>
+struct ScoreModLogit2<ScoreModKind::kSoftcap> {
+  const ScoreModParams& p;  // softcap_scale, softcap_log2: read from the parameter bank, no register
+  __device__ ScoreModLogit2(const ScoreModParams& mod, float, float, int, int) : p(mod) {}
+  __device__ __forceinline__ float logit2(float acc, int, int, float& dmod) const {
+    const float t = detail::tanh_fast(acc * p.softcap_scale);
+    dmod = 1.f - t * t;
+    return t * p.softcap_log2;
+  }
+};
+
+template <>
+struct ScoreModLogit2<ScoreModKind::kNone> {
+  float scale_log2;
+  __device__ ScoreModLogit2(const ScoreModParams&, float, float scale_log2_, int, int) : scale_log2(scale_log2_) {}
+  __device__ __forceinline__ float logit2(float acc, int, int, float& dmod) const {
+    dmod = 1.f;
+    return acc * scale_log2;
+  }
 };
 
 }  // namespace flashflex::cuda

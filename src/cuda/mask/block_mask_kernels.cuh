@@ -18,7 +18,7 @@
 
 #include <cstdint>
 
-#include "cuda/block_mask_program.hpp"
+#include "cuda/mask/block_mask_program.hpp"
 
 namespace flashflex::cuda::mask_kernels {
 

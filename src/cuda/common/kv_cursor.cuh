@@ -1,4 +1,4 @@
-// KvStepCursor: the kv steps one CTA of the sm80 forward visits, read from its q tile's
+// KvStepCursor: the kv steps one CTA of the forward visits, read from its q tile's
 // BlockMask lists: every partial kv tile first (each step carries the tile's bitmap), then every
 // full tile (no masking work); empty tiles are never visited. Without a block mask every kv tile
 // is full. A 128-column tile is cut into kSubSteps steps of kBlockN columns; steps that would
@@ -6,31 +6,35 @@
 // CTA: every thread walks the same sequence, in registers (a shared-memory walk moved by one
 // thread measured 8-10% slower on H100: that thread's warp lagged behind the step barrier). The
 // list arrays are read through the (constant-bank) kernel parameters, with one tile of
-// look-ahead. Used by kernel_fwd.cuh; the list layout is in include/flashflex/block_mask.hpp.
+// look-ahead. kBlockN: columns per step (a divisor of 128). The list layout is in
+// include/flashflex/block_mask.hpp.
 #pragma once
 
 #include <cstdint>
 
-#include "cuda/sm80/params_fwd.hpp"
+#include "cuda/params.hpp"
 #include "flashflex/block_mask.hpp"
 
-namespace flashflex::sm80 {
+namespace flashflex::cuda {
 
 struct KvStep {
   int kv_start;   // first kv column of the step
   int bitmap_id;  // partial tile: index of its bitmap in p.bitmaps; full tile: -1
 };
 
-template <class Traits>
+template <int kBlockN>
 class KvStepCursor {
  public:
+  static constexpr int kSubSteps = kTileSize / kBlockN;
+  static_assert(kTileSize % kBlockN == 0, "a step is a part of a 128-column tile");
+
   __device__ KvStepCursor(const FwdParams& p, int b, int h, int m) : p_(p) {
-    if (p.has_mask) {
-      const int mb = p.mask_batch == 1 ? 0 : b;
-      const int mh = p.mask_heads == 1 ? 0 : h;
-      const int64_t row = (static_cast<int64_t>(mb) * p.mask_heads + mh) * p.num_q_tiles + m;
-      num_partial_ = p.kv_num_blocks[row];
-      num_entries_ = num_partial_ + p.full_kv_num_blocks[row];
+    if (p.mask.present) {
+      const int mb = p.mask.batch == 1 ? 0 : b;
+      const int mh = p.mask.heads == 1 ? 0 : h;
+      const int64_t row = (static_cast<int64_t>(mb) * p.mask.heads + mh) * p.num_q_tiles + m;
+      num_partial_ = p.mask.kv_num_blocks[row];
+      num_entries_ = num_partial_ + p.mask.full_kv_num_blocks[row];
       list_offset_ = row * p.num_kv_tiles;
     } else {
       num_partial_ = 0;
@@ -48,14 +52,14 @@ class KvStepCursor {
   // The current step (valid() must hold). A partial step reads its bitmap index from global
   // memory: call step() a step ahead of the compute that uses it.
   __device__ KvStep step() const {
-    const int bitmap_id = entry_ < num_partial_ ? p_.partial_tile_ids[list_offset_ + tile_] : -1;
-    return {tile_ * kTileSize + sub_ * Traits::kBlockN, bitmap_id};
+    const int bitmap_id = entry_ < num_partial_ ? p_.mask.partial_tile_ids[list_offset_ + tile_] : -1;
+    return {tile_ * kTileSize + sub_ * kBlockN, bitmap_id};
   }
 
   __device__ void advance() {
     // Next step of this tile, unless it would start at or past KV_LEN (n * 128 < KV_LEN holds for
     // every listed tile n, so its first step always exists).
-    if (++sub_ < Traits::kSubSteps && tile_ * kTileSize + sub_ * Traits::kBlockN < p_.kv_len) return;
+    if (++sub_ < kSubSteps && tile_ * kTileSize + sub_ * kBlockN < p_.kv_len) return;
     sub_ = 0;
     if (++entry_ >= num_entries_) return;
     tile_ = next_tile_;
@@ -64,8 +68,9 @@ class KvStepCursor {
 
  private:
   __device__ int tile_at(int e) const {
-    if (!p_.has_mask) return e;  // no mask: every kv tile, in order
-    return e < num_partial_ ? p_.kv_indices[list_offset_ + e] : p_.full_kv_indices[list_offset_ + e - num_partial_];
+    if (!p_.mask.present) return e;  // no mask: every kv tile, in order
+    return e < num_partial_ ? p_.mask.kv_indices[list_offset_ + e]
+                            : p_.mask.full_kv_indices[list_offset_ + e - num_partial_];
   }
 
   const FwdParams& p_;
@@ -78,4 +83,4 @@ class KvStepCursor {
   int next_tile_ = 0;
 };
 
-}  // namespace flashflex::sm80
+}  // namespace flashflex::cuda
