@@ -1,23 +1,46 @@
-"""What the device benchmarks share: CUDA-event timing of a callable, and writing a markdown
-table with its PNG plot (bench/plot.py) next to it."""
+"""What the benchmarks share: timing of a callable (CUDA events on a GPU, wall clock on the CPU),
+an optional cold L2 before each timed call, the measured bf16 matmul peak, a wall-clock budget,
+the results file's name, and writing a markdown table with its PNG plot (bench/plot.py)."""
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
+import time
 from typing import Callable, Optional, Tuple
 
 import torch
 
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-def cuda_time_ms(fn: Callable[[], object], iters: int, warmup: int) -> Tuple[float, float, float]:
+
+class L2Flush:
+    """Writes a buffer twice the L2's size, so that the next call finds none of its inputs there
+    (FlashAttention's and triton's benchmarks do the same); run before the start event, so it is
+    not timed."""
+
+    def __init__(self, device=None):
+        props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
+        l2 = getattr(props, "L2_cache_size", 0) or 64 * 2 ** 20  # older torch: assume a 64 MiB L2
+        self.buffer = torch.empty(2 * l2 // 4, dtype=torch.int32, device=device or "cuda")
+
+    def __call__(self) -> None:
+        self.buffer.zero_()
+
+
+def cuda_time_ms(fn: Callable[[], object], iters: int, warmup: int, cold_l2: bool = False
+                 ) -> Tuple[float, float, float]:
     """(median, min, max) milliseconds of fn() over `iters` calls after `warmup` untimed ones,
-    CUDA events around each call."""
+    CUDA events around each call; with cold_l2, L2 flushed (untimed) before each."""
+    flush = L2Flush() if cold_l2 else None
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
+        if flush is not None:
+            flush()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -25,6 +48,68 @@ def cuda_time_ms(fn: Callable[[], object], iters: int, warmup: int) -> Tuple[flo
         stop.synchronize()
         times.append(start.elapsed_time(stop))
     return statistics.median(times), min(times), max(times)
+
+
+def time_ms(fn: Callable[[], object], iters: int, warmup: int, device, cold_l2: bool = False
+            ) -> Tuple[float, float, float]:
+    """cuda_time_ms on a GPU; on the CPU (dry runs) wall-clock milliseconds of the same loop."""
+    if torch.device(device).type == "cuda":
+        return cuda_time_ms(fn, iters, warmup, cold_l2)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), min(times), max(times)
+
+
+def first_call_s(fn: Callable[[], object], device) -> Tuple[float, object]:
+    """(seconds, result) of one call with the device synchronised on both sides: a compile or
+    JIT shows here."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def matmul_peak_tflops(n: int = 8192, iters: int = 20) -> float:
+    """Measured bf16 matmul throughput of an n x n x n product (the ceiling the attention kernels'
+    GEMMs share), median over `iters` calls."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = cuda_time_ms(lambda: a @ b, iters=iters, warmup=5)[0]
+    return 2.0 * n ** 3 / ms * 1e-9
+
+
+class Budget:
+    """A wall-clock budget: `fits(estimate)` says whether that many more seconds fit."""
+
+    def __init__(self, seconds: Optional[float]):
+        self.deadline = None if seconds is None else time.time() + seconds
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.time()
+
+    def fits(self, estimate_s: float) -> bool:
+        return self.left() >= estimate_s
+
+
+def gpu_slug(name: str) -> str:
+    """A results-file prefix from a device name: 'NVIDIA H200' -> 'h200', 'NVIDIA A100-SXM4-80GB' -> 'a100'."""
+    match = re.search(r"\b([ABHL]\d{2,3}|GB\d{3}|B\d{3}|RTX\s?\d{4})", name)
+    tag = match.group(1) if match else name
+    return re.sub(r"[^a-z0-9]+", "_", tag.lower()).strip("_")
+
+
+def default_out(kind: str) -> str:
+    """bench/results/<gpu>_<kind>.md for the current GPU."""
+    return os.path.join(RESULTS_DIR, f"{gpu_slug(torch.cuda.get_device_name())}_{kind}.md")
 
 
 def write_table(table: str, out: Optional[str], png: Optional[str], log: Callable[[str], None] = print) -> None:
