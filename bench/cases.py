@@ -34,12 +34,13 @@ class MaskSpec:
     """One mask over a [seq_len, seq_len] score matrix (eagle3: [T, (step + 1) T])."""
     kind: str          # "causal", "dense", "sliding_window", "document", "eagle3"
     window: int = 0    # sliding_window: kv in [q - window, q]
-    doc_len: int = 0   # document: consecutive documents of doc_len tokens, causal inside
+    doc_len: int = 0   # document: consecutive documents of doc_len tokens
+    causal: bool = True  # document: causal inside each document (else every key of the document)
     step: int = 0      # eagle3: the TTT step
 
     def flashflex(self, seq_len: int, doc_ids: Optional[torch.Tensor] = None):
         """The flashflex.masks mask (None: dense). doc_ids overrides the documents' ids (e.g.
-        per-sample ids [B, T]; the causal part stays)."""
+        per-sample ids [B, T])."""
         import flashflex
         m = flashflex.masks
         if self.kind == "dense":
@@ -50,7 +51,7 @@ class MaskSpec:
             return m.sliding_window(self.window)
         if self.kind == "document":
             ids = doc_ids if doc_ids is not None else torch.arange(seq_len) // self.doc_len
-            return m.and_masks(m.causal(), m.document(ids))
+            return m.and_masks(m.causal(), m.document(ids)) if self.causal else m.document(ids)
         if self.kind == "eagle3":
             return m.eagle3(self.step, seq_len)
         raise ValueError(f"MaskSpec.kind: unknown {self.kind!r}")
@@ -65,8 +66,10 @@ class MaskSpec:
             return lambda b, h, q, kv: kv <= q
         if self.kind == "sliding_window":
             return lambda b, h, q, kv: (kv <= q) & (kv >= q - w)
-        if self.kind == "document":
+        if self.kind == "document" and self.causal:
             return lambda b, h, q, kv: (kv <= q) & (kv // d == q // d)
+        if self.kind == "document":
+            return lambda b, h, q, kv: kv // d == q // d
         raise ValueError(f"MaskSpec.mask_mod: no torch mask_mod for {self.kind!r} (eagle3: eagle3_customer_mask_mod)")
 
     def sdpa_is_causal(self) -> Optional[bool]:
@@ -93,13 +96,16 @@ class MaskSpec:
             return n * (n + 1) // 2 + (t - n) * (self.window + 1)
         if self.kind == "document":
             full, tail = divmod(t, self.doc_len)
+            if not self.causal:
+                return full * self.doc_len ** 2 + tail ** 2
             return full * self.doc_len * (self.doc_len + 1) // 2 + tail * (tail + 1) // 2
         if self.kind == "eagle3":  # step k: q sees q + 1 causal keys and k diagonal ones
             return t * (t + 1) // 2 + self.step * t
         raise ValueError(f"MaskSpec.pairs: unknown kind {self.kind!r}")
 
     def label(self) -> str:
-        extra = {"sliding_window": f"({self.window})", "document": f"({self.doc_len} tokens)",
+        docs = f"({self.doc_len} tokens{'' if self.causal else ', not causal'})"
+        extra = {"sliding_window": f"({self.window})", "document": docs,
                  "eagle3": f"(step {self.step})"}.get(self.kind, "")
         return self.kind + extra
 

@@ -11,8 +11,8 @@ with fixed random output gradients.
   * flashflex: ttt_attention(q_k, [K_0..K_k], [V_0..V_k], seq_lengths): lists, never concatenated.
   * torch flex: as TorchSpec / SpecForge do it: the K (and V) cache grows by torch.cat each step
     to [B, Hkv, (k + 1) T, D] and flex_attention(enable_gqa=True) runs with the BlockMask of
-    generate_eagle3_mask (tests/python/eagle3_reference.py, the project's reference copy of the
-    customers' mask_mod) on their lengths L_b - k, built with B=B, H=1 as they do.
+    their mask_mod (bench/cases.eagle3_customer_mask_mod) on their lengths L_b - k, built with
+    B=B, H=1 as they do.
   * SDPA causal (reference only): the causal part of the same 7 steps, q_k over K_0 / V_0.
   * dense reference (CPU demonstration): the customers' mask evaluated densely, run by SDPA.
 """
@@ -20,9 +20,7 @@ with fixed random output gradients.
 from __future__ import annotations
 
 import gc
-import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,8 +28,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from cases import eagle3_customer_mask_mod as customer_mask_mod  # noqa: F401 - the one definition
+
 STEPS = 7
-_TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "python")
 
 
 @dataclass(frozen=True)
@@ -134,14 +133,6 @@ def make_inputs(u: Unroll, device, dtype: Optional[torch.dtype] = None, seed: in
 
 # ---------------------------------------------------------------------------------------------
 # Block masks of the torch flex peer
-
-def customer_mask_mod(lengths: torch.Tensor, seq_len: int, kv_len: int):
-    """generate_eagle3_mask of tests/python/eagle3_reference.py (lengths already reduced by the step)."""
-    if _TESTS_DIR not in sys.path:
-        sys.path.insert(0, _TESTS_DIR)
-    from eagle3_reference import generate_eagle3_mask
-    return generate_eagle3_mask(lengths, seq_len, kv_len)
-
 
 def step_mask_mods(u: Unroll, inp: StepInputs) -> list:
     return [customer_mask_mod(inp.mask_lengths - s, u.seq_len, (s + 1) * u.seq_len) for s in range(u.steps)]
@@ -301,18 +292,24 @@ class PhaseTimes:
         return (statistics.median(values), min(values), max(values)) if values else (None, None, None)
 
 
-def time_unroll(fwd: Callable, inp: StepInputs, device, warmup: int, iters: int, with_backward: bool = True
-                ) -> PhaseTimes:
-    """Median-ready forward / backward phase times of `iters` unrolls after `warmup` ones."""
+def time_unroll(fwd: Callable, inp: StepInputs, device, warmup: int, iters: int, with_backward: bool = True,
+                flush: Optional[Callable[[], None]] = None) -> PhaseTimes:
+    """Median-ready forward / backward phase times of `iters` unrolls after `warmup` ones; with
+    `flush` (timing.L2Flush), the L2 is flushed before each phase, outside its interval."""
     times = PhaseTimes()
     for i in range(warmup + iters):
         inp.clear_grads()
         synchronize(device)
         marks = _Marks(device)
+        if flush is not None:
+            flush()
         marks.mark()
         outs = fwd()
         marks.mark()
         if with_backward:
+            if flush is not None:
+                flush()
+                marks.mark()
             backward(outs, inp)
             marks.mark()
         intervals = marks.intervals_ms()
@@ -320,7 +317,7 @@ def time_unroll(fwd: Callable, inp: StepInputs, device, warmup: int, iters: int,
         if i >= warmup:
             times.fwd_ms.append(intervals[0])
             if with_backward:
-                times.bwd_ms.append(intervals[1])
+                times.bwd_ms.append(intervals[-1])
     inp.clear_grads()
     return times
 

@@ -1,9 +1,11 @@
 """Benchmark of the whole EAGLE3 TTT unroll (7 steps, forward and backward): flashflex's list
 path (flashflex.eagle3.ttt_attention, blocks never concatenated, no block mask) against torch
 flex_attention as TorchSpec / SpecForge run it (K/V caches grown by torch.cat, BlockMasks of
-generate_eagle3_mask built per step with B=B, H=1 and cached), compiled both ways users compile
-it: static shapes (torch.compile(flex_attention, dynamic=False)) and torch.compile's default
-dynamic shapes (torch.compile(flex_attention)). bench/eagle3_common.py defines the problem.
+generate_eagle3_mask built per step with B=B, H=1 and cached), compiled the ways users compile
+it: static shapes (torch.compile(flex_attention, dynamic=False)), static with the FA4 kernels
+(kernel_options={"BACKEND": "FLASH"}; needs flash_attn.cute, else its rows print n/a) and
+torch.compile's default dynamic shapes (torch.compile(flex_attention)). bench/eagle3_common.py
+defines the problem.
 
 Per case and implementation: forward and backward phase times (CUDA events, median of --iters
 after --warmup), TFLOP/s over visible pairs (backward 2.5x the forward's FLOPs), the first call
@@ -12,7 +14,9 @@ unroll, with the graphs torch.compile built meanwhile), block-mask build time pe
 (create_block_mask eager, and torch.compile(create_block_mask) as the customers call it; flashflex
 needs none), and peak memory of the unroll above the inputs (torch.cuda.max_memory_allocated,
 after the forward phase and over the whole unroll). Defaults: T 2048 / 8192 / 16384 at B=1 and
-at B=2 with lengths T and 0.6 T (odd), heads 32/8 D=128 bf16, plus GQA ratio 5 (40/8) at 8192.
+at B=2 with lengths T and 0.6 T (odd), heads 32/8 D=128 bf16, plus GQA ratio 5 (40/8) at 8192;
+case names as in every benchmark (bench/cases.py: eagle3_ttt_16k, eagle3_ttt_8k_b2, eagle3_ttt_8k_h40x8,
+eagle3_ttt_8k_d64, ...). --cold-l2 flushes the L2 before each timed phase (untimed).
 
 Each implementation runs in its own process (a failing or crashing peer costs only its own
 cells, and torch.compile state never leaks between peers) within a share of --budget-s; cases
@@ -21,8 +25,8 @@ that do not fit print "n/a (time budget)". The markdown table and a PNG (bench/p
 demonstration (tiny sizes; flashflex's CPU path against torch flex eager, forward only, and the
 customers' mask evaluated densely under SDPA) and says so.
 
-    python bench/eagle3_unroll.py [--cases t8k_b1,t16k_b2] [--impls flashflex,flex_dynamic]
-                                  [--iters 10] [--warmup 2] [--budget-s 300] [--out FILE.md]
+    python bench/eagle3_unroll.py [--cases eagle3_ttt_8k,eagle3_ttt_16k_b2] [--impls flashflex,flex_dynamic]
+                                  [--iters 10] [--warmup 2] [--budget-s 300] [--cold-l2] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -30,59 +34,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases as cs  # noqa: E402
 import eagle3_common as ec  # noqa: E402
-from eagle3_common import Unroll, odd_length  # noqa: E402
-from timing import write_table  # noqa: E402
+from eagle3_common import Unroll  # noqa: E402
+from timing import L2Flush, default_out, write_table  # noqa: E402
 
 FIRST_CALL_LIMIT_MS = 50.0   # flashflex, first call at a new T
 MASK_BUILD_LIMIT_US = 50.0   # per step
 PEAK_RATIO_LIMIT = 0.5       # flashflex / torch flex, peak memory of the unroll
 
 
-def _b2(name: str, t: int, **kw) -> Unroll:
-    return Unroll(name, t, batch=2, lengths=(t, odd_length(t)), **kw)
-
-
-GPU_CASES: Dict[str, Unroll] = {u.name: u for u in [
-    Unroll("t2k_b1", 2048), Unroll("t8k_b1", 8192), Unroll("t16k_b1", 16384),
-    _b2("t2k_b2", 2048), _b2("t8k_b2", 8192), _b2("t16k_b2", 16384),
-    Unroll("t8k_gqa5", 8192, q_heads=40, kv_heads=8),
-    Unroll("t8k_d64", 8192, head_dim=64),
-]}
-GPU_DEFAULT_CASES = "t2k_b1,t8k_b1,t16k_b1,t2k_b2,t8k_b2,t16k_b2,t8k_gqa5"
-_cpu = dict(q_heads=4, kv_heads=2, head_dim=64, dtype=torch.float32)
-CPU_CASES: Dict[str, Unroll] = {u.name: u for u in [
-    Unroll("cpu_t128_b1", 128, **_cpu), Unroll("cpu_t256_b1", 256, **_cpu),
-    Unroll("cpu_t256_b2", 256, batch=2, lengths=(256, odd_length(256)), **_cpu),
-    Unroll("cpu_t128_gqa5", 128, q_heads=10, kv_heads=2, head_dim=64, dtype=torch.float32),
-]}
-CPU_DEFAULT_CASES = "cpu_t128_b1,cpu_t256_b2,cpu_t128_gqa5"
+GPU_DEFAULT_CASES = cs.UNROLL_CASES
+CPU_DEFAULT_CASES = cs.UNROLL_CPU_CASES
 
 # name: (label in the table, what it is, share of the time budget)
 IMPLS = {
     "flashflex": ("flashflex", "flashflex.eagle3.ttt_attention over the block lists", 1.0),
     "flex_dynamic": ("torch flex, dynamic", "torch.compile(flex_attention) (default dynamic shapes)", 2.0),
     "flex_static": ("torch flex, static", "torch.compile(flex_attention, dynamic=False)", 3.0),
+    "flex_flash": ("torch flex FLASH, static", 'torch.compile(partial(flex_attention, kernel_options={"BACKEND": '
+                   '"FLASH"}), dynamic=False) (needs FA4 installed)', 3.0),
     "masks_compiled": ("masks only", "torch.compile(create_block_mask) build times", 1.0),
     "flex_eager": ("torch flex, eager", "flex_attention uncompiled (CPU demonstration; forward only)", 1.0),
     "dense_sdpa": ("dense mask, SDPA", "customers' mask evaluated densely, run by SDPA", 1.0),
 }
-GPU_DEFAULT_IMPLS = "flashflex,flex_dynamic,flex_static,masks_compiled"
+GPU_DEFAULT_IMPLS = "flashflex,flex_flash,flex_dynamic,flex_static,masks_compiled"
 CPU_DEFAULT_IMPLS = "flashflex,flex_eager,dense_sdpa"
-FLEX_IMPLS = ("flex_dynamic", "flex_static", "flex_eager")
+FLEX_IMPLS = ("flex_flash", "flex_dynamic", "flex_static", "flex_eager")
 
 
 def log(message: str) -> None:
@@ -94,7 +85,7 @@ def log(message: str) -> None:
 
 def run_worker(args) -> int:
     device = args.device
-    cases = [all_cases()[name] for name in args.cases.split(",")]
+    cases = [unroll_of(name) for name in args.cases.split(",")]
     impl = args.worker
     out = open(args.results, "a")
 
@@ -102,7 +93,7 @@ def run_worker(args) -> int:
         out.write(json.dumps(record) + "\n")
         out.flush()
 
-    if impl in ("flex_static", "flex_dynamic"):
+    if impl in ("flex_flash", "flex_static", "flex_dynamic"):
         ec.raise_recompile_limits()
     attention = None
     if impl in FLEX_IMPLS:
@@ -110,7 +101,9 @@ def run_worker(args) -> int:
         from torch.nn.attention.flex_attention import flex_attention
         # eager flex is the CPU demonstration's peer on purpose; its warning says nothing new
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        attention = {"flex_static": lambda: torch.compile(flex_attention, dynamic=False),
+        flash = partial(flex_attention, kernel_options={"BACKEND": "FLASH"})
+        attention = {"flex_flash": lambda: torch.compile(flash, dynamic=False),
+                     "flex_static": lambda: torch.compile(flex_attention, dynamic=False),
                      "flex_dynamic": lambda: torch.compile(flex_attention),
                      "flex_eager": lambda: flex_attention}[impl]()
     if impl == "flashflex":
@@ -179,7 +172,8 @@ def measure_case(impl: str, u: Unroll, device, args, attention, emit, first_in_p
     log(f"[{impl}] {u.name}: first call {record['first_call_ms']:.1f} ms, first unroll "
         f"{record['first_unroll_s']:.2f} s (graphs compiled {record['graphs_first_call']} + "
         f"{record['graphs_first_unroll']})")
-    times = ec.time_unroll(fwd, inp, device, args.warmup, args.iters, with_backward)
+    flush = L2Flush.shared() if args.cold_l2 and torch.device(device).type == "cuda" else None
+    times = ec.time_unroll(fwd, inp, device, args.warmup, args.iters, with_backward, flush=flush)
     record["fwd"] = ec.PhaseTimes.stats(times.fwd_ms)
     record["bwd"] = ec.PhaseTimes.stats(times.bwd_ms)
     # saved-tensor hooks only around eager code: under torch.compile they change what is compiled
@@ -213,8 +207,9 @@ def measure_compiled_masks(u: Unroll, device, args, emit) -> None:
 # ---------------------------------------------------------------------------------------------
 # Parent: one worker per implementation, then the tables
 
-def all_cases() -> Dict[str, Unroll]:
-    return {**GPU_CASES, **CPU_CASES}
+def unroll_of(name: str) -> Unroll:
+    """The unroll problem an eagle3_ttt case name denotes (bench/cases.py)."""
+    return cs.parse(name).unroll()
 
 
 def run_workers(args, device: str, cases: List[str], impls: List[str], workdir: str) -> List[dict]:
@@ -232,7 +227,7 @@ def run_workers(args, device: str, cases: List[str], impls: List[str], workdir: 
         mask_reps = args.mask_reps if first_flex or impl == "masks_compiled" else 0
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--device", device,
                "--cases", ",".join(cases), "--iters", str(args.iters), "--warmup", str(args.warmup),
-               "--mask-reps", str(mask_reps), "--deadline", f"{worker_deadline:.3f}",
+               "--mask-reps", str(mask_reps), *(["--cold-l2"] if args.cold_l2 else []), "--deadline", f"{worker_deadline:.3f}",
                "--results", results, "--digests", digests]
         log(f"== {impl}: {IMPLS[impl][1]} (share {share:.0f} s)")
         start = time.time()
@@ -345,7 +340,7 @@ class Results:
 
 
 def render(res: Results, device: str, command: str, args, cpu: bool) -> str:
-    cases = {name: all_cases()[name] for name in res.cases}
+    cases = {name: unroll_of(name) for name in res.cases}
     unroll_impls = [i for i in res.impls if i != "masks_compiled"]
     lines = [f"# EAGLE3 TTT unroll: flashflex against torch flex{' (CPU DEMONSTRATION, not a GPU benchmark)' if cpu else ''}",
              "", f"device: {device}  ", f"command: `{command}`  ",
@@ -479,15 +474,10 @@ def flashflex_version() -> str:
         return "unknown commit"
 
 
-def device_tag(name: str) -> str:
-    match = re.search(r"\b([ABHL]\d{2,3}|GB\d{3}|B\d{3})\b", name)
-    return (match.group(1) if match else re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")).lower()
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=None, help=f"comma-separated, from {sorted(all_cases())} "
-                        f"(default GPU: {GPU_DEFAULT_CASES}; CPU: {CPU_DEFAULT_CASES})")
+    parser.add_argument("--cases", default=None, help="comma-separated eagle3_ttt_<T>[_h<Hq>x<Hkv>][_d<D>][_<dtype>]"
+                        f"[_b<B>] (bench/cases.py; default GPU: {GPU_DEFAULT_CASES}; CPU: {CPU_DEFAULT_CASES})")
     parser.add_argument("--impls", default=None, help=f"comma-separated, from {sorted(IMPLS)} "
                         f"(default GPU: {GPU_DEFAULT_IMPLS}; CPU: {CPU_DEFAULT_IMPLS})")
     parser.add_argument("--iters", type=int, default=None, help="timed unrolls per case (default GPU 10, CPU 3)")
@@ -498,6 +488,7 @@ def parse_args(argv):
     parser.add_argument("--grace-s", type=float, default=15.0, help="a worker is killed this long past its share")
     parser.add_argument("--out", default=None, help="markdown file (GPU default: bench/results/<gpu>_eagle3_unroll.md)")
     parser.add_argument("--png", default=None, help="plot file (default: --out with .png)")
+    parser.add_argument("--cold-l2", action="store_true", help="flush the L2 (untimed) before each timed phase")
     parser.add_argument("--cpu", action="store_true", help="the CPU demonstration even where a GPU is present")
     # worker side (internal)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -514,8 +505,10 @@ def parse_args(argv):
     args.cases = args.cases or (CPU_DEFAULT_CASES if cpu else GPU_DEFAULT_CASES)
     args.impls = args.impls or (CPU_DEFAULT_IMPLS if cpu else GPU_DEFAULT_IMPLS)
     for name in args.cases.split(","):
-        if name not in all_cases():
-            parser.error(f"--cases: unknown case {name!r}; known: {sorted(all_cases())}")
+        try:
+            unroll_of(name)
+        except ValueError as error:
+            parser.error(f"--cases: {error}")
     for name in args.impls.split(","):
         if name not in IMPLS:
             parser.error(f"--impls: unknown implementation {name!r}; known: {sorted(IMPLS)}")
@@ -538,8 +531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         props = torch.cuda.get_device_properties(0)
         device_name = f"{props.name} ({props.multi_processor_count} SMs)"
         if args.out is None:
-            args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                    f"{device_tag(props.name)}_eagle3_unroll.md")
+            args.out = default_out("eagle3_unroll")
     cases, impls = args.cases.split(","), ec.unique(args.impls.split(","))
     command = "python " + " ".join([os.path.relpath(os.path.abspath(__file__))] + [shlex.quote(a) for a in
                                                                                    (argv if argv is not None else sys.argv[1:])])

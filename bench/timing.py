@@ -28,12 +28,21 @@ class L2Flush:
     def __call__(self) -> None:
         self.buffer.zero_()
 
+    _shared: Optional["L2Flush"] = None
+
+    @classmethod
+    def shared(cls) -> "L2Flush":
+        """One buffer per process (every timed call may flush)."""
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
 
 def cuda_time_ms(fn: Callable[[], object], iters: int, warmup: int, cold_l2: bool = False
                  ) -> Tuple[float, float, float]:
     """(median, min, max) milliseconds of fn() over `iters` calls after `warmup` untimed ones,
     CUDA events around each call; with cold_l2, L2 flushed (untimed) before each."""
-    flush = L2Flush() if cold_l2 else None
+    flush = L2Flush.shared() if cold_l2 else None
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -112,9 +121,10 @@ def default_out(kind: str) -> str:
     return os.path.join(RESULTS_DIR, f"{gpu_slug(torch.cuda.get_device_name())}_{kind}.md")
 
 
-def write_table(table: str, out: Optional[str], png: Optional[str], log: Callable[[str], None] = print) -> None:
-    """Prints the table; with `out`, writes it there and plots it to `png` (default: out's name
-    with .png). A failing plot is reported, never fatal: the table is the result."""
+def write_table(table: str, out: Optional[str], png: Optional[str], log: Callable[[str], None] = print,
+                plot: bool = True) -> None:
+    """Prints the table; with `out`, writes it there and (with `plot`) plots it to `png` (default:
+    out's name with .png). A failing plot is reported, never fatal: the table is the result."""
     print(table, flush=True)
     if not out:
         return
@@ -122,10 +132,12 @@ def write_table(table: str, out: Optional[str], png: Optional[str], log: Callabl
     with open(out, "w") as f:
         f.write(table)
     log(f"table: {out}")
+    if not plot:
+        return
     png = png or os.path.splitext(out)[0] + ".png"
     try:
-        import plot
-        plot.main([out, png])
+        import plot as plotter
+        plotter.main([out, png])
         log(f"plot: {png}")
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the table is the result; the plot is a view
         log(f"plot not written ({type(error).__name__}: {error})")
