@@ -8,24 +8,27 @@
 # (default build/device-check); summary.txt holds one line per step and the tables; the
 # benchmark tables and PNGs are $OUT/<gpu>_{forward,backward,eagle3_unroll}.{md,png}.
 #
-#   tools/device_check.sh                 # everything (more than one 10-minute device call)
+#   tools/device_check.sh                 # everything (well over ten minutes)
 #   STEPS="build tests" tools/device_check.sh
 #   BENCH_CASES=causal_16k,document_8x2048 STEPS=bench tools/device_check.sh
 #
 # Each benchmark keeps itself within its budget (BENCH_BUDGET_S, default 420 s, per script;
 # EAGLE3_BUDGET_S, default 300 s): cases past it print "n/a (time budget)".
 #
-# FA4 (flash_attn.cute: the FA4 rows, and torch flex's BACKEND="FLASH") is not on the GPU
-# machine; ../shared/tools/fa4_wheels.sh prepares it in the project root (.fa4a/, .fa4b/,
-# git-excluded). Without it those rows print n/a. With it, two device calls back to back (one
-# call carries at most 64 MiB; the warm machine keeps /tmp and the installed package):
-#   call A, carry [".fa4a"]:
-#     mkdir -p /tmp/cu13 && xz -dc .fa4a/cu13.tar.xz | tar -x -C /tmp/cu13 && STEPS="build tests" tools/device_check.sh
-#   call B, carry [".fa4b"]:
+# FA4 (flash_attn.cute: the FA4 rows, and torch flex's BACKEND="FLASH") is not installed on a GPU
+# machine without network; ../shared/tools/fa4_wheels.sh downloads flash-attn-4 and its CuTe DSL
+# wheels into the project root: .fa4a/cu13.tar.xz (the CUDA 13 DSL library, 61 MiB) and .fa4b/
+# (the other wheels, 10 MiB), both git-excluded. Where one run can bring at most 64 MiB of
+# untracked files along, that is two runs back to back on the same machine (it keeps /tmp and the
+# installed package between them), without them the FA4 and flex FLASH rows print n/a:
+#   run A, bringing .fa4a:
+#     mkdir -p /tmp/cu13 && xz -dc .fa4a/cu13.tar.xz | tar -x -C /tmp/cu13 && STEPS=build tools/device_check.sh
+#   run B, bringing .fa4b:
 #     python3 -m pip install -q --no-index --no-deps --target /tmp/site .fa4b/*.whl && cp -r /tmp/cu13/. /tmp/site/ &&
 #     export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages && STEPS=bench tools/device_check.sh
-# and, while the machine is warm, the backward in a call of its own (no carry):
+#   then the backward (and the unroll) in runs of their own, nothing to bring:
 #     export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages && STEPS=bench_bwd tools/device_check.sh
+# The first call of each FA4 / flex FLASH shape compiles (5-12 s): the tables' first-call column.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/build/device-check}
