@@ -18,7 +18,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -50,37 +50,47 @@ def fmt_error(error: BaseException, width: int = 110) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def measure_one(case: cs.Case, name: str, inp: peers.Inputs, backward: bool, args, device
+                ) -> Tuple[Row, Optional[torch.Tensor]]:
+    """One implementation on one case: its row, and a CPU sample (2 heads of the output or dQ)
+    for the cross-check. Its tensors and graphs go with this frame."""
+    row = Row(case.name, name)
+    try:
+        runner = peers.IMPLS[name].build(case, inp, device, grad=backward)
+        row.first_s, out = first_call_s(runner.fwd, device)
+        if backward:
+            fn = runner.bwd(out)
+            seconds, grads = first_call_s(fn, device)
+            row.first_s += seconds
+            sample = runner.to_bhtd(grads[0])  # dQ
+        else:
+            fn, sample = runner.fwd, runner.to_bhtd(out)
+        sample = sample[:, :2].detach().float().cpu()
+        row.ms, row.lo, row.hi = time_ms(fn, args.iters, args.warmup, device, cold_l2=args.cold_l2)
+    except peers.Unavailable as error:
+        row.note = f"n/a ({error})"
+        log(f"  {case.name:26s} {name:20s} {row.note}")
+        return row, None
+    except Exception as error:  # noqa: BLE001 - one failing implementation leaves the others' rows
+        row.ms, row.note = None, f"n/a ({fmt_error(error)})"
+        log(f"  {case.name:26s} {name:20s} {row.note}")
+        return row, None
+    row.tflops = (case.bwd_flops() if backward else case.fwd_flops()) / row.ms * 1e-9
+    row.note = runner.note
+    log(f"  {case.name:26s} {name:20s} {row.ms:9.3f} ms {row.tflops:7.1f} TFLOP/s  first call {row.first_s:.2f} s"
+        f"  {row.note}")
+    return row, sample
+
+
 def measure_case(case: cs.Case, impls: List[str], backward: bool, args, device) -> List[Row]:
     inp = peers.Inputs.make(case, device)
-    flops = case.bwd_flops() if backward else case.fwd_flops()
     rows: List[Row] = []
     samples: Dict[str, torch.Tensor] = {}
     for name in impls:
-        row = Row(case.name, name)
+        row, sample = measure_one(case, name, inp, backward, args, device)
         rows.append(row)
-        runner = out = None
-        try:
-            runner = peers.IMPLS[name].build(case, inp, device, grad=backward)
-            row.first_s, out = first_call_s(runner.fwd, device)
-            if backward:
-                fn = runner.bwd(out)
-                seconds, grads = first_call_s(fn, device)
-                row.first_s += seconds
-                sample = runner.to_bhtd(grads[0])  # dQ
-            else:
-                fn, sample = runner.fwd, runner.to_bhtd(out)
-            samples[name] = sample[:, :2].detach().float().cpu()
-            row.ms, row.lo, row.hi = time_ms(fn, args.iters, args.warmup, device, cold_l2=args.cold_l2)
-            row.tflops, row.note = flops / row.ms * 1e-9, runner.note
-            log(f"  {case.name:26s} {name:20s} {row.ms:9.3f} ms {row.tflops:7.1f} TFLOP/s  first call "
-                f"{row.first_s:.2f} s  {row.note}")
-        except peers.Unavailable as error:
-            row.note = f"n/a ({error})"
-            log(f"  {case.name:26s} {name:20s} {row.note}")
-        except Exception as error:  # noqa: BLE001 - one failing implementation leaves the others' rows
-            row.ms, row.note = None, f"n/a ({fmt_error(error)})"
-            log(f"  {case.name:26s} {name:20s} {row.note}")
-        del runner, out
+        if sample is not None:
+            samples[name] = sample
         cleanup(device)
     ref = samples.get(peers.REFERENCE)
     what = "dQ" if backward else "out"
@@ -116,7 +126,9 @@ def check_masks(case_list: List[cs.Case]) -> None:
             f"flashflex mask)")
 
 
-def render(rows: List[Row], case_list: List[cs.Case], backward: bool, header: List[str], impls: List[str]) -> str:
+def render(rows: List[Row], case_list: List[cs.Case], backward: bool, header: List[str], impls: List[str],
+           peak: Optional[float] = None) -> str:
+    """The results table; `peak`: the measured bf16 matmul TFLOP/s (None: no % column values)."""
     title = "Backward" if backward else "Forward"
     lines = [f"# {title}: flashflex against its peers, same inputs, same run", ""] + header + [""]
     lines += ["| case | problem | visible pairs | TFLOP (this direction) |", "|---|---|---|---|"]
@@ -125,7 +137,6 @@ def render(rows: List[Row], case_list: List[cs.Case], backward: bool, header: Li
         lines.append(f"| {c.name} | {c.describe()} | {c.visible_pairs()} | {flops / 1e12:.4g} |")
     lines += ["", "| case | implementation | median ms | min / max ms | TFLOP/s | % matmul peak | vs FA4 | "
               "first call s | notes |", "|---|---|---|---|---|---|---|---|---|"]
-    peak = _peak_from(header)
     fa4 = {r.case: r.ms for r in rows if r.impl == "fa4" and r.ms is not None}
     for r in rows:
         if r.ms is None:
@@ -139,13 +150,6 @@ def render(rows: List[Row], case_list: List[cs.Case], backward: bool, header: Li
     lines += ["", "vs FA4: FA4's time / this row's (throughput ratio; > 1: faster than FA4). Implementations: "]
     lines += [f"- **{n}**: {peers.IMPLS[n].description}" for n in impls]
     return "\n".join(lines) + "\n"
-
-
-def _peak_from(header: List[str]) -> Optional[float]:
-    for line in header:
-        if line.startswith("bf16 matmul peak: "):
-            return float(line.split()[3])
-    return None
 
 
 def parse_args(direction: str, argv: Optional[List[str]], doc: str):
@@ -205,7 +209,7 @@ def main(direction: str, argv: Optional[List[str]], doc: str) -> int:
     device = "cpu" if args.dry_run else "cuda"
     script = os.path.relpath(sys.argv[0]) if argv is None else f"bench/run{'_backward' if backward else ''}.py"
     command = "python " + " ".join([script] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
-    header = [f"command: `{command}`  "]
+    header, peak = [f"command: `{command}`  "], None
     if args.dry_run:
         header.insert(0, f"device: CPU ({os.cpu_count()} cores), DRY RUN: tiny sizes, not a benchmark  ")
         log("mask definitions (bench/cases.py), visible pairs counted three ways:")
@@ -221,11 +225,14 @@ def main(direction: str, argv: Optional[List[str]], doc: str) -> int:
     header.append(f"torch {torch.__version__}; flash_attn.cute {_fa4_version()}; median of {args.iters} after "
                   f"{args.warmup} warm-up calls, {'cold' if args.cold_l2 else 'warm'} L2  ")
     budget, durations, rows = Budget(args.budget_s), [], []
+
+    def table() -> str:
+        return render(rows, args.case_list, backward, header, args.impl_list, peak)
     for case in args.case_list:
         estimate = max(durations, default=0.0)
         if not budget.fits(estimate):
-            rows += [Row(case.name, n, note=f"n/a (time budget: {max(0, budget.left()):.0f} s left, the longest case "
-                                              f"took {estimate:.0f} s)") for n in args.impl_list]
+            rows.append(Row(case.name, "all", note=f"n/a (time budget: {max(0, budget.left()):.0f} s left, the "
+                                                     f"longest case took {estimate:.0f} s)"))
             log(f"{case.name}: skipped (time budget)")
             continue
         log(f"{case.name}: {case.describe()}")
@@ -234,15 +241,9 @@ def main(direction: str, argv: Optional[List[str]], doc: str) -> int:
         durations.append(time.time() - start)
         log(f"{case.name}: {durations[-1]:.0f} s")
         if args.out:  # the rows so far survive a crash in a later case
-            _write_partial(args.out, rows, args, backward, header)
-    write_table(render(rows, args.case_list, backward, header, args.impl_list), args.out, args.png, log=log)
+            write_table(table(), args.out, None, log=lambda message: None, plot=False, echo=False)
+    write_table(table(), args.out, args.png, log=log)
     return 0
-
-
-def _write_partial(out: str, rows, args, backward: bool, header) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(render(rows, args.case_list, backward, header, args.impl_list))
 
 
 def _fa4_version() -> str:

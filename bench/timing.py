@@ -122,10 +122,12 @@ def default_out(kind: str) -> str:
 
 
 def write_table(table: str, out: Optional[str], png: Optional[str], log: Callable[[str], None] = print,
-                plot: bool = True) -> None:
-    """Prints the table; with `out`, writes it there and (with `plot`) plots it to `png` (default:
-    out's name with .png). A failing plot is reported, never fatal: the table is the result."""
-    print(table, flush=True)
+                plot: bool = True, echo: bool = True) -> None:
+    """Prints the table (with `echo`); with `out`, writes it there and (with `plot`) plots it to
+    `png` (default: out's name with .png). A failing plot is reported, never fatal: the table is
+    the result."""
+    if echo:
+        print(table, flush=True)
     if not out:
         return
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
