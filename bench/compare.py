@@ -181,7 +181,7 @@ def parse_args(direction: str, argv: Optional[List[str]], doc: str):
     if unroll:
         parser.error(f"--cases: {unroll} are EAGLE3 unroll cases: bench/eagle3_unroll.py runs those")
     if not torch.cuda.is_available() and not args.dry_run:
-        log(f"bench: no CUDA device here: dry run on the CPU instead (--dry-run), not a benchmark")
+        log("bench: no CUDA device here: dry run on the CPU instead (--dry-run), not a benchmark")
         args.dry_run = True
     impls = args.impls or (peers.DRY_RUN_IMPLS + (",flashflex_det" if backward else "") if args.dry_run
                            else default_impls)
