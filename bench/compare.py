@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases as cs  # noqa: E402
 import peers  # noqa: E402
-from timing import Budget, default_out, first_call_s, matmul_peak_tflops, time_ms, write_table  # noqa: E402
+from timing import (Budget, cleanup, default_out, first_call_s, fmt_error, matmul_peak_tflops,  # noqa: E402
+                    raise_recompile_limits, time_ms, write_table)
 
 
 @dataclass
@@ -42,12 +43,6 @@ class Row:
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def fmt_error(error: BaseException, width: int = 110) -> str:
-    lines = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def measure_one(case: cs.Case, name: str, inp: peers.Inputs, backward: bool, args, device
@@ -100,13 +95,6 @@ def measure_case(case: cs.Case, impls: List[str], backward: bool, args, device) 
             diff = (other - ref).abs().max().item() if other.shape == ref.shape else float("nan")
             row.note = "; ".join(n for n in (row.note, f"max\\|{what} - flashflex\\| {diff:.3g}") if n)
     return rows
-
-
-def cleanup(device) -> None:
-    import gc
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def check_masks(case_list: List[cs.Case]) -> None:
@@ -215,8 +203,7 @@ def main(direction: str, argv: Optional[List[str]], doc: str) -> int:
         log("mask definitions (bench/cases.py), visible pairs counted three ways:")
         check_masks(args.case_list)
     else:
-        import eagle3_common as ec
-        ec.raise_recompile_limits()  # every case is a new static-shape compile of flex_attention
+        raise_recompile_limits()  # every case is a new static-shape compile of flex_attention
         props = torch.cuda.get_device_properties(0)
         peak = matmul_peak_tflops()
         log(f"device {props.name} ({props.multi_processor_count} SMs); bf16 matmul 8192^3: {peak:.0f} TFLOP/s")

@@ -337,32 +337,6 @@ def median_us(fn: Callable, device, iters: int = 20, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def flashflex_internal_mask_us(u: Unroll, device) -> Optional[float]:
-    """flashflex's TTT path needs no mask from the caller; on CUDA it builds block 0's causal
-    BlockMask (batch- and head-independent: the padding is a row limit of the kernels) on the
-    device inside every call, already in its forward time. This times that build alone, as the
-    device runs it: flashflex.create_block_mask(masks.causal(), T, T) captured in a CUDA graph and
-    replayed (the Python call's host overhead left out, as it is inside ttt_attention). None
-    where flashflex has no CUDA builder."""
-    import flashflex
-    if torch.device(device).type != "cuda" or not getattr(flashflex._C, "has_cuda_backend", lambda: False)():
-        return None
-    mask = flashflex.masks.causal()
-
-    def build():
-        return flashflex.create_block_mask(mask, None, None, u.seq_len, u.seq_len, device=device)
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        build()  # warm: the allocator's pool, the kernels' first launch
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            build()
-    torch.cuda.current_stream().wait_stream(stream)
-    return median_us(graph.replay, device)
-
-
 def compiled_graphs() -> Optional[int]:
     """Graphs compiled so far in this process (None where torch does not count them)."""
     try:
@@ -475,34 +449,12 @@ def max_abs_diff(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Option
     return (a - b).abs().max().item()
 
 
-def raise_recompile_limits(limit: int = 1024) -> None:
-    """Each (T, step) of a static compile, and each new mask_mod closure, is a recompile of
-    flex_attention; past dynamo's default limit (8) it silently falls back to eager (dense on a
-    GPU, out of memory at these sizes). The customers raise it too (TorchSpec: 64)."""
-    import torch._dynamo
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
-
-
-def fmt_error(error: BaseException, width: int = 110) -> str:
-    lines = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 def mib(nbytes: Optional[float]) -> Optional[float]:
     return None if nbytes is None else nbytes / 2 ** 20
 
 
 def tflops(flops: float, ms: Optional[float]) -> Optional[float]:
     return None if not ms else flops / ms * 1e-9
-
-
-def cleanup(device) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def unique(seq: Sequence) -> list:

@@ -51,7 +51,7 @@ import cases as cs  # noqa: E402
 import eagle3_common as ec  # noqa: E402
 from eagle3_common import Unroll  # noqa: E402
 from eagle3_table import FLEX_IMPLS, IMPLS, Results, fmt, render, unroll_of  # noqa: E402
-from timing import L2Flush, default_out, write_table  # noqa: E402
+from timing import L2Flush, cleanup, default_out, fmt_error, raise_recompile_limits, write_table  # noqa: E402
 
 GPU_DEFAULT_CASES = cs.UNROLL_CASES
 CPU_DEFAULT_CASES = cs.UNROLL_CPU_CASES
@@ -78,7 +78,7 @@ def run_worker(args) -> int:
         out.flush()
 
     if impl in ("flex_flash", "flex_static", "flex_dynamic"):
-        ec.raise_recompile_limits()
+        raise_recompile_limits()
     attention = None
     if impl in FLEX_IMPLS:
         import warnings
@@ -112,9 +112,9 @@ def run_worker(args) -> int:
                 # flashflex's warm-up already ran a size in this process
                 measure_case(impl, u, device, args, attention, emit, first_in_process=index == 0 and impl != "flashflex")
         except Exception as error:  # noqa: BLE001 - a failing case prints n/a, the others still run
-            emit({"kind": "unroll", "impl": impl, "case": u.name, "ok": False, "reason": ec.fmt_error(error)})
-            log(f"[{impl}] {u.name}: n/a ({ec.fmt_error(error)})")
-        ec.cleanup(device)
+            emit({"kind": "unroll", "impl": impl, "case": u.name, "ok": False, "reason": fmt_error(error)})
+            log(f"[{impl}] {u.name}: n/a ({fmt_error(error)})")
+        cleanup(device)
         durations.append(time.time() - start)
         log(f"[{impl}] {u.name}: done in {durations[-1]:.1f} s")
     out.close()
@@ -130,7 +130,7 @@ def warm_up_flashflex(u: Unroll, device) -> None:
         first = ec.first_calls(ec.flashflex_forward(inp), inp, device)
         log(f"[flashflex] warm-up T=256: first call {first['first_call_ms']:.1f} ms")
     except Exception as error:  # noqa: BLE001 - the cases will report it
-        log(f"[flashflex] warm-up T=256 failed: {ec.fmt_error(error)}")
+        log(f"[flashflex] warm-up T=256 failed: {fmt_error(error)}")
 
 
 def measure_case(impl: str, u: Unroll, device, args, attention, emit, first_in_process: bool) -> None:
@@ -165,9 +165,9 @@ def measure_case(impl: str, u: Unroll, device, args, attention, emit, first_in_p
     record.update(ec.measure_memory(fwd, inp, device, with_backward, count_saved=count_saved))
     if impl == "flashflex":
         try:
-            record["internal_mask_us"] = ec.flashflex_internal_mask_us(u, device)
+            record["internal_mask_us"] = flashflex_internal_mask_us(u, device)
         except Exception as error:  # noqa: BLE001 - a side figure: its failure is a note
-            record["note"] = f"internal mask build not timed ({ec.fmt_error(error)})"
+            record["note"] = f"internal mask build not timed ({fmt_error(error)})"
     sample = ec.digest(fwd, inp, with_backward)
     torch.save(sample, os.path.join(args.digests, f"{impl}__{u.name}.pt"))
     bwd = "-" if record["bwd"][0] is None else f"{record['bwd'][0]:.3f}"
@@ -176,9 +176,35 @@ def measure_case(impl: str, u: Unroll, device, args, attention, emit, first_in_p
     emit(record)
 
 
+def flashflex_internal_mask_us(u: Unroll, device) -> Optional[float]:
+    """flashflex's TTT path needs no mask from the caller; on CUDA it builds block 0's causal
+    BlockMask (batch- and head-independent: the padding is a row limit of the kernels) on the
+    device inside every call, already in its forward time. This times that build alone, as the
+    device runs it: flashflex.create_block_mask(masks.causal(), T, T) captured in a CUDA graph and
+    replayed (the Python call's host overhead left out, as it is inside ttt_attention). None
+    where flashflex has no CUDA builder."""
+    import flashflex
+    if torch.device(device).type != "cuda" or not getattr(flashflex._C, "has_cuda_backend", lambda: False)():
+        return None
+    mask = cs.MaskSpec("causal").flashflex(u.seq_len)
+
+    def build():
+        return flashflex.create_block_mask(mask, None, None, u.seq_len, u.seq_len, device=device)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        build()  # warm: the allocator's pool, the kernels' first launch
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            build()
+    torch.cuda.current_stream().wait_stream(stream)
+    return ec.median_us(graph.replay, device)
+
+
 def measure_compiled_masks(u: Unroll, device, args, emit) -> None:
     from torch.nn.attention.flex_attention import create_block_mask
-    ec.raise_recompile_limits()
+    raise_recompile_limits()
     lengths = torch.tensor(u.lengths_or_full(), dtype=torch.int64, device=device)
     _, build = ec.build_block_masks(u, SimpleNamespace(mask_lengths=lengths), device,
                                     builder=torch.compile(create_block_mask), reps=args.mask_reps)
@@ -275,7 +301,8 @@ def parse_args(argv):
     parser.add_argument("--budget-s", type=float, default=300.0,
                         help="wall-clock budget of all workers, shared by implementation (flex static the most)")
     parser.add_argument("--grace-s", type=float, default=15.0, help="a worker is killed this long past its share")
-    parser.add_argument("--out", default=None, help="markdown file (GPU default: bench/results/<gpu>_eagle3_unroll.md)")
+    parser.add_argument("--out", default=None, help="markdown file (GPU default: bench/results/<gpu>_eagle3_unroll.md; "
+                        "'none': print only)")
     parser.add_argument("--png", default=None, help="plot file (default: --out with .png)")
     parser.add_argument("--cold-l2", action="store_true", help="flush the L2 (untimed) before each timed phase")
     parser.add_argument("--cpu", action="store_true", help="the CPU demonstration even where a GPU is present")
@@ -321,6 +348,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         device_name = f"{props.name} ({props.multi_processor_count} SMs)"
         if args.out is None:
             args.out = default_out("eagle3_unroll")
+    args.out = None if args.out == "none" else args.out
     cases, impls = args.cases.split(","), ec.unique(args.impls.split(","))
     command = "python " + " ".join([os.path.relpath(os.path.abspath(__file__))] + [shlex.quote(a) for a in
                                                                                    (argv if argv is not None else sys.argv[1:])])

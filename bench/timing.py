@@ -1,9 +1,12 @@
 """What the benchmarks share: timing of a callable (CUDA events on a GPU, wall clock on the CPU),
 an optional cold L2 before each timed call, the measured bf16 matmul peak, a wall-clock budget,
-the results file's name, and writing a markdown table with its PNG plot (bench/plot.py)."""
+the results file's name, writing a markdown table with its PNG plot (bench/plot.py), and the
+small helpers around them (an error in one cell, freeing memory between rows, torch.compile's
+recompile limits)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import statistics
@@ -143,3 +146,25 @@ def write_table(table: str, out: Optional[str], png: Optional[str], log: Callabl
         log(f"plot: {png}")
     except (Exception, SystemExit) as error:  # noqa: BLE001 - the table is the result; the plot is a view
         log(f"plot not written ({type(error).__name__}: {error})")
+
+
+def fmt_error(error: BaseException, width: int = 110) -> str:
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def cleanup(device) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def raise_recompile_limits(limit: int = 1024) -> None:
+    """Each (T, step) of a static compile, and each new mask_mod closure, is a recompile of
+    flex_attention; past dynamo's default limit (8) it silently falls back to eager (dense on a
+    GPU, out of memory at these sizes). The customers raise it too (TorchSpec: 64)."""
+    import torch._dynamo
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
