@@ -105,7 +105,7 @@ wants bench && bench_step bench run.py forward
 wants bench_bwd && bench_step bench_bwd run_backward.py backward
 if wants eagle3; then
   # The script keeps itself within --budget-s (workers killed past their share); the timeout is
-  # a backstop. Table and PNG: $OUT/eagle3_unroll.{md,png}.
+  # a backstop. Table and PNG: $OUT/<gpu>_eagle3_unroll.{md,png}.
   run_step eagle3 420 "$OUT/eagle3.log" python3 bench/eagle3_unroll.py --budget-s "${EAGLE3_BUDGET_S:-300}" \
     --out "$OUT/${SLUG}_eagle3_unroll.md"
   cat "$OUT/${SLUG}_eagle3_unroll.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/eagle3.log" >>"$SUMMARY"
