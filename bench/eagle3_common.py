@@ -11,8 +11,8 @@ with fixed random output gradients.
   * flashflex: ttt_attention(q_k, [K_0..K_k], [V_0..V_k], seq_lengths): lists, never concatenated.
   * torch flex: as TorchSpec / SpecForge do it: the K (and V) cache grows by torch.cat each step
     to [B, Hkv, (k + 1) T, D] and flex_attention(enable_gqa=True) runs with the BlockMask of
-    generate_eagle3_mask (tests/python/eagle3_reference.py, the project's reference copy of the
-    customers' mask_mod) on their lengths L_b - k, built with B=B, H=1 as they do.
+    their mask_mod (bench/cases.eagle3_customer_mask_mod) on their lengths L_b - k, built with
+    B=B, H=1 as they do.
   * SDPA causal (reference only): the causal part of the same 7 steps, q_k over K_0 / V_0.
   * dense reference (CPU demonstration): the customers' mask evaluated densely, run by SDPA.
 """
@@ -20,9 +20,7 @@ with fixed random output gradients.
 from __future__ import annotations
 
 import gc
-import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,8 +28,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from cases import eagle3_customer_mask_mod as customer_mask_mod  # noqa: F401 - the one definition
+
 STEPS = 7
-_TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "python")
 
 
 @dataclass(frozen=True)
@@ -134,14 +133,6 @@ def make_inputs(u: Unroll, device, dtype: Optional[torch.dtype] = None, seed: in
 
 # ---------------------------------------------------------------------------------------------
 # Block masks of the torch flex peer
-
-def customer_mask_mod(lengths: torch.Tensor, seq_len: int, kv_len: int):
-    """generate_eagle3_mask of tests/python/eagle3_reference.py (lengths already reduced by the step)."""
-    if _TESTS_DIR not in sys.path:
-        sys.path.insert(0, _TESTS_DIR)
-    from eagle3_reference import generate_eagle3_mask
-    return generate_eagle3_mask(lengths, seq_len, kv_len)
-
 
 def step_mask_mods(u: Unroll, inp: StepInputs) -> list:
     return [customer_mask_mod(inp.mask_lengths - s, u.seq_len, (s + 1) * u.seq_len) for s in range(u.steps)]
@@ -301,18 +292,24 @@ class PhaseTimes:
         return (statistics.median(values), min(values), max(values)) if values else (None, None, None)
 
 
-def time_unroll(fwd: Callable, inp: StepInputs, device, warmup: int, iters: int, with_backward: bool = True
-                ) -> PhaseTimes:
-    """Median-ready forward / backward phase times of `iters` unrolls after `warmup` ones."""
+def time_unroll(fwd: Callable, inp: StepInputs, device, warmup: int, iters: int, with_backward: bool = True,
+                flush: Optional[Callable[[], None]] = None) -> PhaseTimes:
+    """Median-ready forward / backward phase times of `iters` unrolls after `warmup` ones; with
+    `flush` (timing.L2Flush), the L2 is flushed before each phase, outside its interval."""
     times = PhaseTimes()
     for i in range(warmup + iters):
         inp.clear_grads()
         synchronize(device)
         marks = _Marks(device)
+        if flush is not None:
+            flush()
         marks.mark()
         outs = fwd()
         marks.mark()
         if with_backward:
+            if flush is not None:
+                flush()
+                marks.mark()
             backward(outs, inp)
             marks.mark()
         intervals = marks.intervals_ms()
@@ -320,7 +317,7 @@ def time_unroll(fwd: Callable, inp: StepInputs, device, warmup: int, iters: int,
         if i >= warmup:
             times.fwd_ms.append(intervals[0])
             if with_backward:
-                times.bwd_ms.append(intervals[1])
+                times.bwd_ms.append(intervals[-1])
     inp.clear_grads()
     return times
 
@@ -338,32 +335,6 @@ def median_us(fn: Callable, device, iters: int = 20, warmup: int = 3) -> float:
         marks.mark()
         times.append(marks.intervals_ms()[0] * 1e3)
     return statistics.median(times)
-
-
-def flashflex_internal_mask_us(u: Unroll, device) -> Optional[float]:
-    """flashflex's TTT path needs no mask from the caller; on CUDA it builds block 0's causal
-    BlockMask (batch- and head-independent: the padding is a row limit of the kernels) on the
-    device inside every call, already in its forward time. This times that build alone, as the
-    device runs it: flashflex.create_block_mask(masks.causal(), T, T) captured in a CUDA graph and
-    replayed (the Python call's host overhead left out, as it is inside ttt_attention). None
-    where flashflex has no CUDA builder."""
-    import flashflex
-    if torch.device(device).type != "cuda" or not getattr(flashflex._C, "has_cuda_backend", lambda: False)():
-        return None
-    mask = flashflex.masks.causal()
-
-    def build():
-        return flashflex.create_block_mask(mask, None, None, u.seq_len, u.seq_len, device=device)
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        build()  # warm: the allocator's pool, the kernels' first launch
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            build()
-    torch.cuda.current_stream().wait_stream(stream)
-    return median_us(graph.replay, device)
 
 
 def compiled_graphs() -> Optional[int]:
@@ -478,34 +449,12 @@ def max_abs_diff(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Option
     return (a - b).abs().max().item()
 
 
-def raise_recompile_limits(limit: int = 1024) -> None:
-    """Each (T, step) of a static compile, and each new mask_mod closure, is a recompile of
-    flex_attention; past dynamo's default limit (8) it silently falls back to eager (dense on a
-    GPU, out of memory at these sizes). The customers raise it too (TorchSpec: 64)."""
-    import torch._dynamo
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
-
-
-def fmt_error(error: BaseException, width: int = 110) -> str:
-    lines = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 def mib(nbytes: Optional[float]) -> Optional[float]:
     return None if nbytes is None else nbytes / 2 ** 20
 
 
 def tflops(flops: float, ms: Optional[float]) -> Optional[float]:
     return None if not ms else flops / ms * 1e-9
-
-
-def cleanup(device) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def unique(seq: Sequence) -> list:

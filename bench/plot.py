@@ -3,8 +3,8 @@
     python bench/plot.py bench/results/h100_sm80.md bench/results/h100_sm80.png
     python bench/plot.py bench/results/h100_eagle3_unroll.md bench/results/h100_eagle3_unroll.png
 
-A bench/run.py table (columns `case`, `implementation`, `TFLOP/s`) gives TFLOP/s per case and
-implementation; a bench/eagle3_unroll.py table (columns `case`, `implementation`, `fwd ms`,
+A bench/run.py or bench/run_backward.py table (columns `case`, `implementation`, `TFLOP/s`) gives
+TFLOP/s per case and implementation; a bench/eagle3_unroll.py table (columns `case`, `implementation`, `fwd ms`,
 `bwd ms`, `peak MiB`) gives four panels: forward ms, backward ms, peak memory (autograd's
 saved MiB where no peak was measured, as in the CPU demonstration) and first-call ms. Cells that are not numbers
 ("n/a (...)", "-") get no bar; a number followed by a spread ("1.23 (1.20-1.30)") plots its first
@@ -67,7 +67,8 @@ def read_table(path: str):
 
 
 def bars(ax, by_case, ylabel: str, log: bool = False) -> None:
-    implementations = list(OrderedDict.fromkeys(impl for by_impl in by_case.values() for impl in by_impl))
+    implementations = list(OrderedDict.fromkeys(impl for by_impl in by_case.values() for impl, value in by_impl.items()
+                                                if value is not None))  # rows that are all n/a get no legend entry
     width = 0.8 / max(1, len(implementations))
     for i, impl in enumerate(implementations):
         xs, ys = [], []

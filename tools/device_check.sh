@@ -1,24 +1,45 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: builds and installs the package with every core (pip install .,
-# CUDA arch $ARCH, default 90), then runs the whole pytest
-# suite (GPU tests against float64 references, and the CPU path), compute-sanitizer memcheck and
-# racecheck on small forward and backward cases, the forward tile-shape sweep
-# (bench/fwd_variants.cu) and the benchmarks (bench/run.py forward and EAGLE3 TTT unroll,
-# bench/run_backward.py; bench/eagle3_unroll.py against torch flex static / dynamic). Logs go
-# to $OUT (default build/device-check); summary.txt holds one line per step and the tables.
+# CUDA arch $ARCH, default 90), then runs the whole pytest suite (GPU tests against float64
+# references, and the CPU path), compute-sanitizer memcheck and racecheck on small forward and
+# backward cases, and the benchmarks: bench/run.py (step bench: forward against FA4, torch flex
+# FLASH and Triton, cuDNN, FA2, flashflex's sm_80 kernels), bench/run_backward.py (step bench_bwd:
+# the same peers, deterministic rows) and bench/eagle3_unroll.py (step eagle3). Logs go to $OUT
+# (default build/device-check); summary.txt holds one line per step and the tables; the
+# benchmark tables and PNGs are $OUT/<gpu>_{forward,backward,eagle3_unroll}.{md,png}.
 #
-#   tools/device_check.sh                 # everything
+#   tools/device_check.sh                 # everything (well over ten minutes)
 #   STEPS="build tests" tools/device_check.sh
+#   BENCH_CASES=causal_16k,document_8x2048 STEPS=bench tools/device_check.sh
+#
+# Each benchmark keeps itself within its budget (BENCH_BUDGET_S, default 420 s, per script;
+# EAGLE3_BUDGET_S, default 300 s): cases past it print "n/a (time budget)".
+#
+# FA4 (flash_attn.cute: the FA4 rows, and torch flex's BACKEND="FLASH") is not installed on a GPU
+# machine without network; ../shared/tools/fa4_wheels.sh downloads flash-attn-4 and its CuTe DSL
+# wheels into the project root: .fa4a/cu13.tar.xz (the CUDA 13 DSL library, 61 MiB) and .fa4b/
+# (the other wheels, 10 MiB), both git-excluded. Where one run can bring at most 64 MiB of
+# untracked files along, that is two runs back to back on the same machine (it keeps /tmp and the
+# installed package between them), without them the FA4 and flex FLASH rows print n/a:
+#   run A, bringing .fa4a:
+#     mkdir -p /tmp/cu13 && xz -dc .fa4a/cu13.tar.xz | tar -x -C /tmp/cu13 && STEPS=build tools/device_check.sh
+#   run B, bringing .fa4b:
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .fa4b/*.whl && cp -r /tmp/cu13/. /tmp/site/ &&
+#     export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages && STEPS=bench tools/device_check.sh
+#   then the backward (and the unroll) in runs of their own, nothing to bring:
+#     export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages && STEPS=bench_bwd tools/device_check.sh
+# The first call of each FA4 / flex FLASH shape compiles (5-12 s): the tables' first-call column.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/build/device-check}
 mkdir -p "$OUT"
 JOBS=$(nproc)
 ARCH=${ARCH:-90}
-STEPS=${STEPS:-"build variants tests sanitizer bench eagle3"}
+STEPS=${STEPS:-"build tests sanitizer bench bench_bwd eagle3"}
 export PYTHONUNBUFFERED=1
-DEFAULT_BENCH_CASES=causal_8k,causal_16k,causal_16k_d64,causal_16k_d256,document_8x2048,sliding_window_2048_16k,\
-eagle3_ttt_2k,eagle3_ttt_8k,eagle3_ttt_16k
+BENCH_BUDGET_S=${BENCH_BUDGET_S:-420}
+BENCH_CASE_ARGS=()
+[[ -n "${BENCH_CASES:-}" ]] && BENCH_CASE_ARGS=(--cases "$BENCH_CASES")
 SUMMARY=$OUT/summary.txt
 
 note() { echo "== $*" | tee -a "$SUMMARY"; }
@@ -35,19 +56,16 @@ wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
 GPU=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 note "device: $GPU; $JOBS cores; $(python3 -c 'import torch; print("torch", torch.__version__)')"
+SLUG=$(cd bench && python3 -c 'import torch, timing; print(timing.gpu_slug(torch.cuda.get_device_name()))' 2>/dev/null ||
+       echo gpu)
+fa4=$(python3 -c 'import flash_attn.cute' 2>&1 >/dev/null | tail -1)
+note "FA4 (flash_attn.cute): ${fa4:-importable}"
 
 if wants build; then
   run_step build 420 "$OUT/build.log" env CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" python3 -m pip install -v \
     --no-build-isolation --no-deps -C cmake.define.FLASHFLEX_CUDA_ARCHITECTURES="$ARCH" . ||
     { note "build failed"; tail -40 "$OUT/build.log"; exit 1; }
   python3 tools/ptxas_table.py "$OUT/build.log" >>"$SUMMARY"  # empty when ninja found nothing to rebuild
-fi
-
-if wants variants; then
-  run_step variants-build 120 "$OUT/variants.log" nvcc -O3 -std=c++17 -arch=sm_$ARCH --expt-relaxed-constexpr \
-    -Xptxas=-v -Iinclude -Isrc bench/fwd_variants.cu -o build/fwd_variants &&
-    run_step variants 120 "$OUT/variants.log" build/fwd_variants 16384
-  grep -E "ms |diff" "$OUT/variants.log" >>"$SUMMARY"
 fi
 
 if wants tests; then
@@ -75,20 +93,21 @@ if wants sanitizer; then
   done
 fi
 
-if wants bench; then
-  # 540 s: the three EAGLE3 unroll cases add torch flex compiles (per step until shapes go dynamic)
-  run_step bench 540 "$OUT/bench.log" python3 bench/run.py --out "$OUT/bench.md" \
-    --cases "${BENCH_CASES:-$DEFAULT_BENCH_CASES}"
-  cat "$OUT/bench.md" >>"$SUMMARY" 2>/dev/null
-  [[ -f "$OUT/bench.png" ]] || note "plot not written (matplotlib missing? see bench.log)"
-  run_step bench-bwd 300 "$OUT/bench_bwd.log" python3 bench/run_backward.py --reps 10 --deterministic
-  tail -12 "$OUT/bench_bwd.log" >>"$SUMMARY"
-fi
+bench_step() {  # step name, script, results name
+  local table=$OUT/${SLUG}_$3.md
+  # the timeout is a backstop: the script stops starting cases at its budget
+  run_step "$1" $((BENCH_BUDGET_S + 120)) "$OUT/$1.log" python3 "bench/$2" --budget-s "$BENCH_BUDGET_S" \
+    --out "$table" "${BENCH_CASE_ARGS[@]}"
+  cat "$table" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/$1.log" >>"$SUMMARY"
+  [[ -f "${table%.md}.png" ]] || note "$1: plot not written (matplotlib missing? see $1.log)"
+}
+wants bench && bench_step bench run.py forward
+wants bench_bwd && bench_step bench_bwd run_backward.py backward
 if wants eagle3; then
   # The script keeps itself within --budget-s (workers killed past their share); the timeout is
-  # a backstop. Table and PNG: $OUT/eagle3_unroll.{md,png}.
+  # a backstop. Table and PNG: $OUT/<gpu>_eagle3_unroll.{md,png}.
   run_step eagle3 420 "$OUT/eagle3.log" python3 bench/eagle3_unroll.py --budget-s "${EAGLE3_BUDGET_S:-300}" \
-    --out "$OUT/eagle3_unroll.md"
-  cat "$OUT/eagle3_unroll.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/eagle3.log" >>"$SUMMARY"
+    --out "$OUT/${SLUG}_eagle3_unroll.md"
+  cat "$OUT/${SLUG}_eagle3_unroll.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/eagle3.log" >>"$SUMMARY"
 fi
 cat "$SUMMARY"
