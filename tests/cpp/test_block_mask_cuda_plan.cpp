@@ -1,4 +1,4 @@
-// Tests of the GPU block-mask builder's host side (src/cuda/block_mask_plan.cpp), which needs no
+// Tests of the GPU block-mask builder's host side (src/cuda/mask/block_mask_plan.cpp), which needs no
 // GPU: the partial-tile capacity bounds the CPU builder's true count for every built-in mask,
 // the BlockMask shape matches the CPU builder's, the layout fits the buffer, and unsupported
 // masks are refused with a clear error.
@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "cuda/block_mask_device.hpp"
+#include "cuda/mask/block_mask_device.hpp"
 #include "flashflex/block_mask.hpp"
 #include "flashflex/block_mask_cuda.hpp"
 #include "flashflex/error.hpp"
