@@ -1,4 +1,4 @@
-// EAGLE3 test-time-training (TTT) attention: the structured entry points of DESIGN.md decision 5.
+// EAGLE3 test-time-training (TTT) attention: the structured entry points.
 //
 // TTT step k has k + 1 key/value blocks K_0..K_k, V_0..V_k, each [B, Hkv, T, D] and each passed
 // separately (never concatenated). Row q of sample b is valid iff q < L_b - k (L_b from

@@ -1,5 +1,5 @@
 // Host-side facts about devices and kernels, read once and cached (a read-only cache: the only
-// global state of the CUDA backend, DESIGN.md decision 7):
+// global state of the CUDA backend; the caller owns memory and streams):
 //   device_info(d)            SM count, compute capability, opt-in shared memory per block
 //   kernel_binary_arch(k, d)  the architecture of the code of kernel k that runs on device d
 //                             (e.g. 90 for sm_90 code; the PTX JIT's target otherwise)

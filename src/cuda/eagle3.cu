@@ -1,4 +1,4 @@
-// Host side of the EAGLE3 CUDA path (DESIGN.md decision 5; src/cuda/launch_eagle3.hpp). TTT step k:
+// Host side of the EAGLE3 CUDA path (include/flashflex/eagle3.hpp; src/cuda/launch_eagle3.hpp). TTT step k:
 //   forward   causal BlockMask of block 0 built on the device into the workspace
 //             (mask/block_mask_device.hpp), then the block-sparse forward over (q, K_0, V_0) with
 //             the row-local keys K_1..K_k folded into its softmax (common/row_local_fold.cuh);

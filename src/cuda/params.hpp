@@ -71,7 +71,7 @@ struct ScoreModParams {
 // kernel parameters, which keeps a call free of host-to-device copies (CUDA-graph friendly).
 inline constexpr int kMaxRowLocalBlocks = 15;
 
-// EAGLE3 (DESIGN.md decision 5): at TTT step k the blocks K_1..K_k, V_1..V_k give row q exactly
+// EAGLE3 (include/flashflex/eagle3.hpp): at TTT step k the blocks K_1..K_k, V_1..V_k give row q exactly
 // one key each, K_j[q] with value V_j[q], each [B, Hkv, T, D] through strides. Rows at or past
 // the sample's valid length give nothing at all.
 struct RowLocalKeys {

@@ -245,7 +245,7 @@ TEST(BlockMaskBuilder, Eagle3) {
 TEST(BlockMaskBuilder, Eagle3TileCounts) {
   // T = 1024, step 2, every row valid (L = T + step): q tile i has full tiles 0..i-1, a
   // partial diagonal tile i and one partial suffix tile j * 8 + i per later block
-  // (KERNEL_NOTES.md section 5). With the default L = T the last `step` rows see nothing, so
+  // (Mask::eagle3, include/flashflex/mask.hpp). With the default L = T the last `step` rows see nothing, so
   // the last q tile has no full tile: its causal tiles become partial.
   constexpr int64_t kBlockLen = 1024;
   constexpr int64_t kStep = 2;
@@ -420,7 +420,7 @@ TEST(BlockMaskBuilderTiming, Eagle3AndCausalAt16k) {
   HostBlockMask m;
   const double eagle3_ms =
       best_build_ms(Mask::eagle3(kStep, kBlockLen), kBlockLen, (kStep + 1) * kBlockLen, m);
-  // KERNEL_NOTES.md section 5: 9024 non-empty tiles; partial are the diagonal and suffix tiles,
+  // 9024 non-empty tiles (Mask::eagle3); partial are the diagonal and suffix tiles,
   // and the causal tiles of the last q tile, whose last kStep rows see nothing (L = T).
   EXPECT_EQ(m.num_partial_tiles(), (kStep + 1) * kTilesPerBlock + kTilesPerBlock - 1);
   int64_t full = 0;

@@ -1,4 +1,4 @@
-// The EAGLE3 row-local pass of the backward (DESIGN.md decision 5), run after the
+// The EAGLE3 row-local pass of the backward (include/flashflex/eagle3.hpp), run after the
 // block-sparse kernel over block 0 and before dQ's conversion. The forward's LSE and dpsum
 // (= rowsum(dO * O) - dlse, bwd/preprocess.cuh) already include the row-local keys, so the
 // block-sparse kernel needs no change; this pass adds what the diagonal keys K_j[q] contribute:

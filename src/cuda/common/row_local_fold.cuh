@@ -1,4 +1,4 @@
-// The EAGLE3 row-local keys in the forward (DESIGN.md decision 5): after the kv loop over
+// The EAGLE3 row-local keys in the forward (include/flashflex/eagle3.hpp): after the kv loop over
 // block 0, each row's diagonal keys K_j[q] (1 <= j <= count) join the same online softmax as one
 // more column each. A row lives in a quad of the accumulator layout (common/fragment.cuh), each
 // thread owning columns 8 c + 2 (lane % 4) + {0, 1} of O: it reads those columns of q, K_j[q] and
