@@ -25,29 +25,31 @@ namespace {
 
 unsigned blocks_of(int64_t items, int64_t per_block) { return static_cast<unsigned>((items + per_block - 1) / per_block); }
 
+// One thread per item, `threads` per block, on the caller's stream; the launch is checked.
+template <class Params>
+void launch_1d(void (*kernel)(Params), int64_t items, int threads, const Params& p, void* stream) {
+  kernel<<<blocks_of(items, threads), threads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+}
+
 template <DType kDType, int kHeadDim>
 void launch_preprocess(const cuda::BwdParams& p, void* stream) {
-  constexpr int kRowsPerBlock = kPreprocessThreads / (kHeadDim / 8);
+  // kHeadDim / 8 threads per row (16 bytes of dO and O each).
   const int64_t rows = static_cast<int64_t>(p.batch) * p.q_heads * p.q_len_pad;
-  bwd_preprocess_kernel<cuda::element_t<kDType>, kHeadDim>
-      <<<blocks_of(rows, kRowsPerBlock), kPreprocessThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
-  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+  launch_1d(bwd_preprocess_kernel<cuda::element_t<kDType>, kHeadDim>, rows * (kHeadDim / 8), kPreprocessThreads, p,
+            stream);
 }
 
 template <DType kDType, int kHeadDim>
 void launch_convert_dq(const cuda::BwdParams& p, void* stream) {
   const int64_t chunks = static_cast<int64_t>(p.batch) * p.q_heads * p.q_len * (kHeadDim / 8);
-  bwd_convert_dq_kernel<cuda::element_t<kDType>, kHeadDim>
-      <<<blocks_of(chunks, kConvertThreads), kConvertThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
-  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+  launch_1d(bwd_convert_dq_kernel<cuda::element_t<kDType>, kHeadDim>, chunks, kConvertThreads, p, stream);
 }
 
 template <DType kDType, int kHeadDim>
 void launch_reduce_dkv(const cuda::BwdParams& p, void* stream) {
   const int64_t chunks = static_cast<int64_t>(p.batch) * p.kv_heads * p.kv_len * (kHeadDim / 8);
-  bwd_reduce_dkv_kernel<cuda::element_t<kDType>, kHeadDim>
-      <<<blocks_of(chunks, kConvertThreads), kConvertThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
-  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+  launch_1d(bwd_reduce_dkv_kernel<cuda::element_t<kDType>, kHeadDim>, chunks, kConvertThreads, p, stream);
 }
 
 template <DType kDType, int kHeadDim>
@@ -113,9 +115,8 @@ int64_t dbias_convert_blocks(int64_t elements) {
 }
 
 void launch_convert_dbias(const cuda::BwdParams& p, int64_t elements, void* stream) {
-  bwd_convert_dbias_kernel<<<static_cast<unsigned>(dbias_convert_blocks(elements)), kConvertThreads, 0,
-                             static_cast<cudaStream_t>(stream)>>>(p);
-  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+  dbias_convert_blocks(elements);  // the grid fits
+  launch_1d(bwd_convert_dbias_kernel, elements, kConvertThreads, p, stream);
 }
 
 }  // namespace flashflex::bwd
