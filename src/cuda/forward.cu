@@ -1,7 +1,9 @@
 // Host side of the CUDA forward (launch.hpp, composition.hpp): checks what the kernels need beyond
 // src/api/validate.cpp (16-bit dtype, 16-byte aligned rows), fills FwdParams (cuda/params.hpp),
 // picks the architecture (device_info.hpp) and launches the kernel of the key from the table
-// below (kernel_table.hpp); the kernels are instantiated in sm80/fwd_*.cu.
+// below (kernel_table.hpp); the kernels are instantiated in sm80/fwd_*.cu and sm90/fwd_*.cu.
+// With the automatic backend, a call the sm90 kernel cannot take (a layout TMA cannot address:
+// Error kUnsupported before any launch) runs on the sm80 kernel.
 #include <cuda_runtime_api.h>
 
 #include "cuda/composition.hpp"
@@ -10,6 +12,9 @@
 #include "cuda/launch.hpp"
 #include "cuda/launch_common.hpp"
 #include "cuda/sm80/launch_fwd.hpp"
+#if FLASHFLEX_WITH_SM90
+#include "cuda/sm90/launch_fwd.hpp"
+#endif
 
 namespace flashflex::cuda {
 namespace {
@@ -35,6 +40,23 @@ struct Sm80FwdRowLocalRow {
 constexpr auto kSm80Rows = make_kernel_rows<LaunchFwd, Sm80FwdRow>();
 constexpr auto kSm80RowLocalRows = make_kernel_rows<LaunchFwd, Sm80FwdRowLocalRow>();
 
+#if FLASHFLEX_WITH_SM90
+template <DType kDType, int kHeadDim, ScoreModKind kMod>
+struct Sm90FwdRow {
+  static constexpr KernelEntry<LaunchFwd> entry() {
+    return {{Arch::kSm90, kDType, kHeadDim, kMod, false}, &sm90::launch_fwd<kDType, kHeadDim, kMod, false>};
+  }
+};
+
+template <DType kDType, int kHeadDim, ScoreModKind>
+struct Sm90FwdRowLocalRow {
+  static constexpr KernelEntry<LaunchFwd> entry() {
+    return {{Arch::kSm90, kDType, kHeadDim, ScoreModKind::kNone, true},
+            &sm90::launch_fwd<kDType, kHeadDim, ScoreModKind::kNone, true>};
+  }
+};
+#endif
+
 template <std::size_t N, std::size_t M>
 constexpr std::array<KernelEntry<LaunchFwd>, N + M> join(const std::array<KernelEntry<LaunchFwd>, N>& a,
                                                          const std::array<KernelEntry<LaunchFwd>, M>& b) {
@@ -44,7 +66,13 @@ constexpr std::array<KernelEntry<LaunchFwd>, N + M> join(const std::array<Kernel
   return out;
 }
 
+#if FLASHFLEX_WITH_SM90
+constexpr auto kFwdKernels = join(join(kSm80Rows, kSm80RowLocalRows),
+                                  join(make_kernel_rows<LaunchFwd, Sm90FwdRow>(),
+                                       make_kernel_rows<LaunchFwd, Sm90FwdRowLocalRow>()));
+#else
 constexpr auto kFwdKernels = join(kSm80Rows, kSm80RowLocalRows);
+#endif
 
 }  // namespace
 
@@ -83,8 +111,16 @@ void forward(const ForwardArgs& args, double scale, void* stream, const RowLocal
 
   DeviceGuard guard(q.device.index);
   const Arch arch = select_arch(q.device.index, args.backend);
-  const KernelKey key{arch, q.dtype, static_cast<int>(q.sizes[3]), args.score_mod.kind, row_local != nullptr};
-  select_kernel(kFwdKernels, key, arch, args.backend, "forward").launch(p, stream);
+  KernelKey key{arch, q.dtype, static_cast<int>(q.sizes[3]), args.score_mod.kind, row_local != nullptr};
+  const KernelEntry<LaunchFwd>& kernel = select_kernel(kFwdKernels, key, arch, args.backend, "forward");
+  if (kernel.key.arch == Arch::kSm80 || args.backend != Backend::kAuto) return kernel.launch(p, stream);
+  try {
+    kernel.launch(p, stream);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kUnsupported) throw;
+    key.arch = Arch::kSm80;
+    find_kernel(kFwdKernels, key, "forward").launch(p, stream);
+  }
 }
 
 }  // namespace flashflex::cuda

@@ -19,4 +19,12 @@ struct AccFragment {
   __device__ static constexpr int col(int t, int e, int lane) { return t * 8 + (lane & 3) * 2 + (e & 1); }
 };
 
+// The fragment view of a flat per-thread accumulator of one 16-row slab (the wgmma wrappers of
+// ptx/wgmma.cuh take float[kNTiles * 4]: element 4 t + e is element (0, t, e) here).
+template <int kN>
+__device__ __forceinline__ auto& as_fragment(float (&flat)[kN]) {
+  static_assert(kN % 4 == 0, "four elements per n8 tile");
+  return reinterpret_cast<float(&)[1][kN / 4][4]>(flat);
+}
+
 }  // namespace flashflex::cuda

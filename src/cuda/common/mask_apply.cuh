@@ -35,9 +35,9 @@ struct FragmentMask {
         }
   }
 
-  // sBits: kWords words per row of the step (32 columns each), rows relative to the CTA's first
-  // q row; warp_row0: the warp's first row there.
-  template <int kWords>
+  // sBits: the step's first word of row 0 (rows relative to the CTA's first q row, kRowStride words
+  // apart); kWords words per row cover the step (32 columns each); warp_row0: the warp's first row.
+  template <int kWords, int kRowStride = kWords>
   __device__ static void mask_bitmap(float (&acc_s)[kMSlabs][kNTiles][4], const uint32_t* sBits, int warp_row0,
                                      int lane) {
 #pragma unroll
@@ -47,7 +47,7 @@ struct FragmentMask {
         const int row = warp_row0 + Frag::row(s, 2 * j, lane);
         uint32_t words[kWords];
 #pragma unroll
-        for (int w = 0; w < kWords; ++w) words[w] = sBits[row * kWords + w];
+        for (int w = 0; w < kWords; ++w) words[w] = sBits[row * kRowStride + w];
 #pragma unroll
         for (int t = 0; t < kNTiles; ++t)
 #pragma unroll

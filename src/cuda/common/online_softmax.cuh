@@ -10,7 +10,8 @@
 // Scores are in "units" where sl2 = unit * log2(e): raw q.k with unit = scale when there is no
 // score mod (the scale enters only the FFMA), modified natural-log scores with unit = 1 otherwise.
 // The three steps of a row are separate calls (max_and_rescale, exponentiate, rescale_o) so that
-// a consumer can interleave them with its GEMMs; update() runs them row after row.
+// a consumer can interleave them with its GEMMs: update() runs them row after row (sm80),
+// exponentiate_rows then rescale_o_rows once the previous P V is done (sm90).
 #pragma once
 
 #include <cmath>
@@ -66,6 +67,27 @@ struct OnlineSoftmax {
   __device__ static void rescale_o(float (&acc_o)[kMSlabs][kNTilesO][4], int s, int j, float alpha) {
 #pragma unroll
     for (int t = 0; t < kNTilesO; ++t) acc_o[s][t][2 * j] *= alpha, acc_o[s][t][2 * j + 1] *= alpha;
+  }
+
+  // Steps 1 and 2 of every row; alpha[s][j] for a later rescale_o_rows (a consumer that rescales
+  // O only once the previous P V product is done).
+  __device__ void exponentiate_rows(float (&acc_s)[kMSlabs][kNTiles][4], float sl2, float (&alpha)[kMSlabs][2]) {
+#pragma unroll
+    for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float mu_scaled;
+        alpha[s][j] = max_and_rescale(acc_s, s, j, sl2, mu_scaled);
+        exponentiate(acc_s, s, j, sl2, mu_scaled, alpha[s][j]);
+      }
+  }
+
+  template <int kNTilesO>
+  __device__ static void rescale_o_rows(float (&acc_o)[kMSlabs][kNTilesO][4], const float (&alpha)[kMSlabs][2]) {
+#pragma unroll
+    for (int s = 0; s < kMSlabs; ++s)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) rescale_o(acc_o, s, j, alpha[s][j]);
   }
 
   // All three steps: acc_s into probabilities (fp32, unnormalised), acc_o rescaled per row.

@@ -1,0 +1,13 @@
+// Instantiation group of the sm_90a forward: bf16, head dim 128, every score mod, and the EAGLE3
+// row-local variant (launch_fwd.cuh); dispatched from src/cuda/forward.cu.
+#include "cuda/sm90/launch_fwd.cuh"
+
+namespace flashflex::sm90 {
+
+template void launch_fwd<DType::kBFloat16, 128, ScoreModKind::kNone, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kBFloat16, 128, ScoreModKind::kSoftcap, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kBFloat16, 128, ScoreModKind::kAlibi, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kBFloat16, 128, ScoreModKind::kBias, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kBFloat16, 128, ScoreModKind::kNone, true>(const cuda::FwdParams&, void*);
+
+}  // namespace flashflex::sm90

@@ -1,0 +1,13 @@
+// Instantiation group of the sm_90a forward: fp16, head dim 256, every score mod, and the EAGLE3
+// row-local variant (launch_fwd.cuh); dispatched from src/cuda/forward.cu.
+#include "cuda/sm90/launch_fwd.cuh"
+
+namespace flashflex::sm90 {
+
+template void launch_fwd<DType::kFloat16, 256, ScoreModKind::kNone, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kFloat16, 256, ScoreModKind::kSoftcap, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kFloat16, 256, ScoreModKind::kAlibi, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kFloat16, 256, ScoreModKind::kBias, false>(const cuda::FwdParams&, void*);
+template void launch_fwd<DType::kFloat16, 256, ScoreModKind::kNone, true>(const cuda::FwdParams&, void*);
+
+}  // namespace flashflex::sm90

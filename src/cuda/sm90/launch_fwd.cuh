@@ -1,0 +1,57 @@
+// Definition of the sm_90a forward launchers (declared in launch_fwd.hpp): checks what TMA needs,
+// raises the kernel's shared-memory limit once per device (device_info.hpp), encodes the tensor
+// maps of Q, K and V (tma_map.hpp) and launches kernel_fwd.cuh's kernel on a persistent grid of
+// min(#SMs, tiles) CTAs. Included only by the instantiation files sm90/fwd_*.cu.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "api/message.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/device_info.hpp"
+#include "cuda/element_type.cuh"
+#include "cuda/sm90/kernel_fwd.cuh"
+#include "cuda/sm90/launch_fwd.hpp"
+#include "cuda/tma_map.hpp"
+
+namespace flashflex::sm90 {
+
+template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
+void launch_fwd(const cuda::FwdParams& p, void* stream) {
+  using Traits = typename FwdConfig<cuda::element_t<kDType>, kHeadDim>::Traits;
+  constexpr int kSmem = Traits::kSmemBytes;
+  auto kernel = fwd_kernel<Traits, kMod, kRowLocal>;
+  for (const auto& [name, t] : {std::pair<const char*, const cuda::TensorView*>{"q", &p.q}, {"k", &p.k}, {"v", &p.v}}) {
+    if (!cuda::tma_can_map(t->data, t->stride_t, t->stride_h, t->stride_b)) {
+      throw Error(ErrorKind::kUnsupported, flashflex::detail::concat(
+                                               name, ": the sm90 forward needs 16-byte aligned data and strides (TMA)"));
+    }
+  }
+  if (p.mask.present && reinterpret_cast<std::uintptr_t>(p.mask.bitmaps) % 16 != 0) {
+    throw Error(ErrorKind::kUnsupported, "block_mask: the sm90 forward needs 16-byte aligned bitmaps");
+  }
+  const int device = cuda::current_device();
+  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device,
+                            flashflex::detail::concat("the sm90 forward for head_dim ", kHeadDim).c_str());
+
+  const int64_t tiles = static_cast<int64_t>(p.num_q_tiles) * p.batch * p.q_heads;
+  if (tiles == 0) return;
+  if (tiles > (int64_t{1} << 31) - 1) {
+    throw Error(ErrorKind::kUnsupported, "q: the sm90 forward needs batch * heads * q tiles < 2^31");
+  }
+  constexpr bool kBf16 = kDType == DType::kBFloat16;
+  const int kv_heads = p.q_heads / p.kv_group;
+  CUtensorMap map_q, map_k, map_v;
+  cuda::encode_bhtd_map(&map_q, "q", p.q, kBf16, kHeadDim, p.q_len, p.q_heads, p.batch, Traits::kBlockM);
+  cuda::encode_bhtd_map(&map_k, "k", p.k, kBf16, kHeadDim, p.kv_len, kv_heads, p.batch, Traits::kBlockN);
+  cuda::encode_bhtd_map(&map_v, "v", p.v, kBf16, kHeadDim, p.kv_len, kv_heads, p.batch, Traits::kBlockN);
+  const int sms = cuda::device_info(device).sm_count;
+  const int grid = static_cast<int>(tiles < sms ? tiles : sms);
+  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(p, map_q, map_k, map_v);
+  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace flashflex::sm90

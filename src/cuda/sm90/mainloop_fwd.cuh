@@ -1,0 +1,148 @@
+// The data movement and the two products of the sm_90 forward:
+//   ProducerFwd::run   one thread: for every tile of this CTA, Q once, then per kv step K (with a
+//                      partial step's bitmap) and V, V one step behind K (the consumers need
+//                      K_j before V_{j-1}); each load waits for its stage's empty barrier
+//   gemm_qk            S = Q K^T, SS wgmma over the head dim (K-major A and B)
+//   gemm_pv            O += P V, RS wgmma: P from registers, V N-major (transposed B)
+//   pack_p             S fp32 accumulators -> P as 16-bit A fragments (no shared memory)
+// The consumer schedule (which wait, which release) is kernel_fwd.cuh's.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "cuda/ptx/mbarrier.cuh"
+#include "cuda/ptx/mma.cuh"
+#include "cuda/ptx/tma.cuh"
+#include "cuda/ptx/wgmma.cuh"
+#include "cuda/common/kv_cursor.cuh"
+#include "cuda/params.hpp"
+#include "cuda/sm90/pipeline_fwd.cuh"
+#include "cuda/sm90/tile_scheduler_fwd.cuh"
+
+namespace flashflex::sm90 {
+
+// K and V loads ask L2 to keep their lines (every q head of the kv group and every later q tile
+// reads them again), Q loads to drop theirs (read once): without these hints causal 16k took
+// 3.90 ms instead of 3.54 (bench/NOTES.md).
+// kRowLocal (EAGLE3): q tiles wholly past the sample's valid rows load nothing (the consumers
+// test the same).
+template <class Traits, bool kRowLocal>
+struct ProducerFwd {
+  using Smem = SmemFwd<Traits>;
+  using Pipe = PipeState<Traits::kStages>;
+
+  __device__ static void load_box(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2,
+                                  int c3, bool keep) {
+    ptx::tma_load_4d_hint(dst, map, bar, c0, c1, c2, c3,
+                          keep ? ptx::l2_policy_evict_last() : ptx::l2_policy_evict_first());
+  }
+
+  __device__ static void load_k(const Smem& s, const CUtensorMap* map, const Pipe& st, int kv, int hkv, int b,
+                                const uint32_t* bitmap) {
+    ptx::mbar_wait(s.k_empty(st.stage), st.phase ^ 1);
+    const uint32_t bar = s.k_full(st.stage);
+    ptx::mbar_arrive_expect_tx(bar, Traits::kKVBytes + (bitmap != nullptr ? Traits::kBitsBytes : 0));
+#pragma unroll
+    for (int c = 0; c < Traits::kColBlocks; ++c) {
+      load_box(s.k(st.stage) + c * Traits::kKVBlockBytes, map, bar, c * 64, kv, hkv, b, true);
+    }
+    if (bitmap != nullptr) ptx::bulk_load(s.bits(st.stage), bitmap, Traits::kBitsBytes, bar);
+  }
+
+  __device__ static void load_v(const Smem& s, const CUtensorMap* map, const Pipe& st, int kv, int hkv, int b) {
+    ptx::mbar_wait(s.v_empty(st.stage), st.phase ^ 1);
+    const uint32_t bar = s.v_full(st.stage);
+    ptx::mbar_arrive_expect_tx(bar, Traits::kKVBytes);
+#pragma unroll
+    for (int c = 0; c < Traits::kColBlocks; ++c) {
+      load_box(s.v(st.stage) + c * Traits::kKVBlockBytes, map, bar, c * 64, kv, hkv, b, true);
+    }
+  }
+
+  __device__ static void run(const cuda::FwdParams& p, const CUtensorMap* map_q, const CUtensorMap* map_k,
+                             const CUtensorMap* map_v, const Smem& s) {
+    ptx::tma_prefetch_map(map_q);
+    ptx::tma_prefetch_map(map_k);
+    ptx::tma_prefetch_map(map_v);
+    const FwdTileScheduler sched(p);
+    Pipe k_st, v_st;
+    uint32_t q_phase = 0;
+    for (int t = sched.first(); sched.valid(t); t = sched.next(t)) {
+      const FwdTile tile = sched.tile(t);
+      cuda::KvStepCursor<Traits::kBlockN, false> cur(p, cuda::load_kv_list_head(p, tile.b, tile.h, tile.m));
+      const int valid_rows = kRowLocal ? p.row_local.limit.valid_rows(tile.b, p.q_len) : p.q_len;
+      // An empty q tile: the consumers write zeros without any load.
+      if (!cur.valid() || tile.m * Traits::kBlockM >= valid_rows) continue;
+      const int hkv = tile.h / p.kv_group;
+      ptx::mbar_wait(s.q_empty(), q_phase ^ 1);
+      ptx::mbar_arrive_expect_tx(s.q_full(), Traits::kQBytes);
+#pragma unroll
+      for (int c = 0; c < Traits::kColBlocks; ++c) {
+        load_box(s.q() + c * Traits::kQBlockBytes, map_q, s.q_full(), c * 64, tile.m * Traits::kBlockM, tile.h,
+                 tile.b, false);
+      }
+      q_phase ^= 1;
+      int v_kv = -1;  // the step whose V is still to load
+      for (; cur.valid(); cur.advance()) {
+        const uint32_t* bitmap =
+            cur.partial() ? p.mask.bitmaps + static_cast<int64_t>(cur.bitmap_id()) * kBitmapWords : nullptr;
+        load_k(s, map_k, k_st, cur.kv_start(), hkv, tile.b, bitmap);
+        k_st.advance();
+        if (v_kv >= 0) {
+          load_v(s, map_v, v_st, v_kv, hkv, tile.b);
+          v_st.advance();
+        }
+        v_kv = cur.kv_start();
+      }
+      load_v(s, map_v, v_st, v_kv, hkv, tile.b);
+      v_st.advance();
+    }
+  }
+};
+
+template <class Traits>
+struct GemmFwd {
+  using Element = typename Traits::Element;
+  static constexpr int kNTilesS = Traits::kNTilesS;
+  static constexpr int kPSteps = Traits::kBlockN / 16;
+
+  // acc_s = Q K^T for the warpgroup's 64 rows (wg_row0 = 0 or 64); issue only (commit by caller).
+  __device__ static void gemm_qk(float (&acc_s)[kNTilesS * 4], uint32_t q_tile, uint32_t k_tile, int wg_row0) {
+    const uint64_t a0 = ptx::gmma_desc_sw128(q_tile + wg_row0 * 128, 16, 1024);
+    const uint64_t b0 = ptx::gmma_desc_sw128(k_tile, 16, 1024);
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
+      // k16 step ks: column block ks / 4, 32 bytes per step inside the 128-byte swizzled row.
+      const uint32_t a_off = (ks / 4) * Traits::kQBlockBytes + (ks % 4) * 32;
+      const uint32_t b_off = (ks / 4) * Traits::kKVBlockBytes + (ks % 4) * 32;
+      ptx::wgmma_ss<Element, Traits::kBlockN>(acc_s, a0 + (a_off >> 4), b0 + (b_off >> 4), ks > 0 ? 1 : 0);
+    }
+  }
+
+  // acc_o += P V; P from pack_p; V tile [kBlockN rows][D] in column blocks (N-major B).
+  __device__ static void gemm_pv(float (&acc_o)[Traits::kNTilesO * 4], const uint32_t (&p)[kPSteps][4],
+                                 uint32_t v_tile) {
+    const uint64_t b0 = ptx::gmma_desc_sw128(v_tile, Traits::kKVBlockBytes, 1024);
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kPSteps; ++kk) {
+      ptx::wgmma_rs_tb<Element, Traits::kHeadDim>(acc_o, p[kk], b0 + ((kk * 16 * 128) >> 4), 1);
+    }
+  }
+
+  // The k16 step kk of P spans S's n8 tiles 2kk and 2kk + 1 (the mma.sync A fragment order).
+  __device__ static void pack_p(uint32_t (&p)[kPSteps][4], const float (&s)[kNTilesS * 4]) {
+#pragma unroll
+    for (int kk = 0; kk < kPSteps; ++kk) {
+      p[kk][0] = ptx::pack2<Element>(s[8 * kk + 0], s[8 * kk + 1]);
+      p[kk][1] = ptx::pack2<Element>(s[8 * kk + 2], s[8 * kk + 3]);
+      p[kk][2] = ptx::pack2<Element>(s[8 * kk + 4], s[8 * kk + 5]);
+      p[kk][3] = ptx::pack2<Element>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  }
+};
+
+}  // namespace flashflex::sm90
