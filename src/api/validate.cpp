@@ -4,6 +4,8 @@
 // are also used by validate_eagle3.cpp.
 #include "api/validate.hpp"
 
+#include "api/validate_limits.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -165,6 +167,8 @@ AttentionShape check_qkv(const TensorRef& q, const TensorRef& k, const TensorRef
   check_tensor("q", q, 4);
   check_tensor("k", k, 4);
   check_tensor("v", v, 4);
+  check_seq_len("q", "seq_len", q.sizes[2]);
+  check_seq_len("k", "seq_len", k.sizes[2]);
   check_float_dtype("q", q);
   check_dtype("k", k, q.dtype, "as q");
   check_dtype("v", v, q.dtype, "as q");
