@@ -62,8 +62,10 @@ class Mask {
 // Builds the BlockMask of `mask` for tensors of `batch` samples, `heads` query heads,
 // q_len rows and kv_len columns. The result broadcasts (batch or heads = 1) over what the
 // mask does not depend on. Tiles are exact: a partial tile has at least one visible and one
-// masked element, where positions past q_len / kv_len count as masked. Throws
-// flashflex::Error on sizes that do not match the mask's data.
+// masked element, where positions past q_len / kv_len count as masked. Data of one sample
+// (lengths or ids of batch 1) apply to every sample, unless a user predicate is part of the mask.
+// Throws flashflex::Error on sizes that do not match the mask's data, on lengths past kMaxSeqLen
+// and on more than kMaxMaskTiles tiles (block_mask.hpp), before allocating.
 HostBlockMask build_block_mask(const Mask& mask, int64_t batch, int64_t heads, int64_t q_len,
                                int64_t kv_len);
 

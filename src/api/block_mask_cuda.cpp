@@ -29,6 +29,7 @@ void check_limits(const Mask& mask, int64_t batch, int64_t q_len, int64_t kv_len
 
 BlockMaskCudaSize block_mask_cuda_size(const Mask& mask, int64_t batch, int64_t heads, int64_t q_len,
                                        int64_t kv_len) {
+  batch = batch >= 1 ? detail::broadcast_batch(mask, batch) : batch;
   check_limits(mask, batch, q_len, kv_len);
   const cuda::DeviceBlockMaskPlan plan = cuda::plan_device_block_mask(mask, batch, heads, q_len, kv_len);
   return BlockMaskCudaSize{plan.bytes, plan.batch, plan.heads, plan.partial_capacity};
@@ -37,6 +38,7 @@ BlockMaskCudaSize block_mask_cuda_size(const Mask& mask, int64_t batch, int64_t 
 BlockMask build_block_mask_cuda(const Mask& mask, int64_t batch, int64_t heads, int64_t q_len, int64_t kv_len,
                                 Workspace workspace, int device_index, void* stream) {
 #if FLASHFLEX_WITH_CUDA
+  batch = batch >= 1 ? detail::broadcast_batch(mask, batch) : batch;
   check_limits(mask, batch, q_len, kv_len);
   const cuda::DeviceBlockMaskPlan plan = cuda::plan_device_block_mask(mask, batch, heads, q_len, kv_len);
   if (workspace.data == nullptr || workspace.size < plan.bytes) {

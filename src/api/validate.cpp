@@ -20,6 +20,22 @@ constexpr const char* kDimNames[] = {"batch", "heads", "seq_len", "head_dim"};
 
 // ---- presence and layout -------------------------------------------------------------------
 
+// The enums arrive as plain integers from bindings: an unknown code must not reach dtype_size
+// (0 bytes) or the device dispatch.
+void check_codes(const char* name, const TensorRef& t) {
+  if (dtype_size(t.dtype) == 0) {
+    fail(ErrorKind::kInvalidArgument, name, ": expected a dtype code of float32 (0), float16 (1), bfloat16 (2), ",
+         "int32 (3) or int64 (4), got ", static_cast<int>(t.dtype));
+  }
+  if (t.device.type != DeviceType::kCpu && t.device.type != DeviceType::kCuda) {
+    fail(ErrorKind::kInvalidArgument, name, ": expected device type cpu (0) or cuda (1), got ",
+         static_cast<int>(t.device.type));
+  }
+  if (t.device.type == DeviceType::kCuda && t.device.index < 0) {
+    fail(ErrorKind::kInvalidArgument, name, ": expected a CUDA device index >= 0, got ", t.device.index);
+  }
+}
+
 void check_present(const char* name, const TensorRef& t, int rank) {
   if (!t.defined()) fail(ErrorKind::kInvalidArgument, name, ": expected a tensor, got none");
   if (t.rank != rank) {
@@ -37,6 +53,7 @@ void check_present(const char* name, const TensorRef& t, int rank) {
     }
   }
   if (t.data == nullptr) fail(ErrorKind::kInvalidArgument, name, ": expected a non-null data pointer, got null");
+  check_codes(name, t);
 }
 
 void check_inner_stride(const char* name, const TensorRef& t) {

@@ -1,7 +1,9 @@
 // Index limits of the library (kMaxSeqLen, kMaxMaskTiles in include/flashflex/block_mask.hpp),
 // checked by every entry point before any allocation: the attention entry points
 // (validate.cpp, validate_eagle3.cpp) and both block-mask builders (src/cpu/block_mask_builder.cpp,
-// src/api/block_mask_cuda.cpp). Messages name the argument, the limit and the value.
+// src/api/block_mask_cuda.cpp). Messages name the argument, the limit and the value. Also the
+// batch rule the builders share (broadcast_batch). Also the
+// batch rule the builders share (broadcast_batch).
 #pragma once
 
 #include <cstdint>
@@ -9,6 +11,7 @@
 #include "api/message.hpp"
 #include "flashflex/block_mask.hpp"
 #include "flashflex/error.hpp"
+#include "flashflex/mask.hpp"
 
 namespace flashflex::detail {
 
@@ -42,6 +45,12 @@ inline void check_mask_tiles(const char* who, int64_t batch, int64_t heads, int6
                        " (int32 bitmap ids), got batch ", batch, " * heads ", heads, " * ", factors[2],
                        " q tiles * ", factors[3], " kv tiles (q_len ", q_len, ", kv_len ", kv_len, ")"));
   }
+}
+
+// The batch a mask is built for: data of one sample apply to every sample (the rule of the Python
+// mask_mods too), unless a user predicate may read b. Data of N > 1 samples need batch N.
+inline int64_t broadcast_batch(const Mask& mask, int64_t batch) {
+  return mask.batch() == 1 && !mask.depends_on_head() ? 1 : batch;
 }
 
 }  // namespace flashflex::detail

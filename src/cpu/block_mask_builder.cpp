@@ -259,6 +259,7 @@ bool all_clear(const Bitmap& bits) {
 HostBlockMask build_block_mask(const Mask& mask, int64_t batch, int64_t heads, int64_t q_len,
                                int64_t kv_len) {
   check_extent("batch", batch);
+  batch = detail::broadcast_batch(mask, batch);
   check_extent("heads", heads);
   check_extent("q_len", q_len);
   check_extent("kv_len", kv_len);
