@@ -51,23 +51,34 @@ def _check_mask_mod(mask_mod) -> None:
                         f"got {type(mask_mod).__name__}")
     try:
         signature = inspect.signature(mask_mod)
-    except (TypeError, ValueError):  # no signature to read (some builtins): let the call decide
-        return
+    except (TypeError, ValueError):  # torch's create_block_mask reads the signature too
+        raise TypeError(f"mask_mod: expected a callable (b, h, q_idx, kv_idx) -> bool with a readable signature, "
+                        f"got {type(mask_mod).__name__} {mask_mod!r}") from None
+    # torch's create_block_mask tells a mask_mod by its 4 parameters without defaults.
+    required = sum(1 for p in signature.parameters.values() if p.default is inspect.Parameter.empty)
     try:
         signature.bind(0, 0, 0, 0)
+        takes_four = required == 4
     except TypeError:
+        takes_four = False
+    if not takes_four:
         raise TypeError(f"mask_mod: expected a callable of 4 positional arguments (b, h, q_idx, kv_idx) -> bool, "
-                        f"got one with signature {signature}") from None
+                        f"got one with signature {signature}")
 
 
 def _check_device(device) -> torch.device:
     try:
         target = torch.device(device)
-    except (RuntimeError, TypeError) as e:
+    except (RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"device: expected a torch device (\"cpu\", \"cuda\", \"cuda:1\", ...), got {device!r}") from e
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected a cpu or cuda device (where flashflex runs), got {device!r}")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: expected a device this process can use, got {device!r}: torch reports no CUDA "
                          f"device (torch.cuda.is_available() is False); build the mask with device=\"cpu\"")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise ValueError(f"device: expected a CUDA device index below {torch.cuda.device_count()} (the devices "
+                         f"torch sees), got {device!r}")
     return target
 
 
@@ -80,12 +91,12 @@ def check_create_args(mask_mod, B, H, Q_LEN, KV_LEN, device) -> None:
     kv_len = _extent("KV_LEN", KV_LEN, False, _MAX_SEQ_LEN, "2^31 - 128: its last 128-wide tile's indices fit in int32")
     _check_device(device)
     if isinstance(mask_mod, Mask):
-        if mask_mod.batch > 1 and B is not None and batch != mask_mod.batch:
-            raise ValueError(f"B: expected {mask_mod.batch} (the samples the mask's data describe) or None, got {batch}")
+        if mask_mod.batch > 1 and (B is None or batch != mask_mod.batch):
+            raise ValueError(f"B: expected {mask_mod.batch} (the samples the mask's data describe), got {B}")
         return  # the native builders check the tiles of what they build (its broadcast batch and heads)
     tiles = batch * heads * _num_tiles(q_len) * _num_tiles(kv_len)
     if tiles > _MAX_TILES:
-        raise ValueError(f"Q_LEN, KV_LEN: expected at most {_MAX_TILES} tiles of {_TILE} x {_TILE} (int32 bitmap "
+        raise ValueError(f"B, H, Q_LEN, KV_LEN: expected at most {_MAX_TILES} tiles of {_TILE} x {_TILE} (int32 bitmap "
                          f"ids), got B {batch} * H {heads} * {_num_tiles(q_len)} * {_num_tiles(kv_len)} = {tiles}")
 
 

@@ -157,7 +157,7 @@ def test_create_block_mask_with_too_many_tiles():
 
 
 def test_create_block_mask_of_a_mask_mod_with_too_many_tiles():
-    with pytest.raises(ValueError, match=r"^Q_LEN, KV_LEN: expected at most 2147483647 tiles"):
+    with pytest.raises(ValueError, match=r"^B, H, Q_LEN, KV_LEN: expected at most 2147483647 tiles"):
         flashflex.create_block_mask(causal_mod(), 64, 64, 2**24, 2**24)
 
 
@@ -193,7 +193,7 @@ def test_create_block_mask_length_zero():
 
 
 def test_create_block_mask_batch_other_than_the_mask_data():
-    with pytest.raises(ValueError, match=r"^B: expected 2 \(the samples the mask's data describe\) or None, got 3"):
+    with pytest.raises(ValueError, match=r"^B: expected 2 \(the samples the mask's data describe\), got 3"):
         flashflex.create_block_mask(masks.prefix_lm([81, 90]), 3, None, 130, 130)
 
 
