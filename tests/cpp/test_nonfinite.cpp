@@ -41,7 +41,9 @@ struct Problem {
     dv.assign(n, 0.f);
     lse.assign(static_cast<size_t>(h * l), 0.f);
   }
-  ff::TensorRef t4(std::vector<float>& d) { return ff::make_tensor(d.data(), ff::DType::kFloat32, {1, heads, len, kD}); }
+  ff::TensorRef t4(std::vector<float>& d) {
+    return ff::make_tensor(d.data(), ff::DType::kFloat32, {1, heads, len, kD});
+  }
   float& at(std::vector<float>& d, int64_t h, int64_t row, int64_t c) { return d[(h * len + row) * kD + c]; }
   ff::ForwardArgs fwd() {
     ff::ForwardArgs a;

@@ -121,7 +121,8 @@ TEST(BlockMaskLimits, CudaBuilderTooManyTiles) {
 // ---- masks ---------------------------------------------------------------------------------
 
 TEST(MaskArguments, Eagle3LengthPastBlockLen) {
-  expect_error([] { ff::Mask::eagle3(2, 16, {16, 17}); }, kInvalid, "eagle3: expected lengths[1] <= block_len 16, got 17");
+  expect_error([] { ff::Mask::eagle3(2, 16, {16, 17}); }, kInvalid,
+               "eagle3: expected lengths[1] <= block_len 16, got 17");
 }
 
 // One sample's data apply to every sample, as in the Python mask_mods and create_block_mask.

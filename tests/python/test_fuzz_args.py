@@ -89,7 +89,8 @@ def _flex_pool(arg: str):
     if arg == "score_mod":
         return _scalars() + [lambda s, b, h, q, kv: s, score_mods.softcap(5.0), score_mods.alibi(torch.ones(3)),
                              score_mods.alibi(torch.tensor([math.nan, 1.0])), score_mods.bias(torch.randn(1, 1, L, 7)),
-                             score_mods.bias(torch.randn(1, 1, L, L).double()), score_mods.bias(torch.randn(2, 2, L, L))]
+                             score_mods.bias(torch.randn(1, 1, L, L).double()),
+                             score_mods.bias(torch.randn(2, 2, L, L))]
     return _scalars()
 
 
