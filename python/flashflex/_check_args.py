@@ -33,7 +33,7 @@ def check_dense(name: str, t: torch.Tensor) -> None:
 def check_sizes(name: str, t: torch.Tensor, seq_name: str, seq_dim: int = 2) -> None:
     """Sizes of a 4-d [B, H, SEQ_LEN, D] tensor within the index limits (expanded views can claim
     any size without memory: this runs before the output is allocated)."""
-    seq = t.shape[seq_dim]
+    seq = t.shape[seq_dim] if t.dim() > seq_dim else 0  # a wrong rank is reported by the caller's checks
     if seq > MAX_SEQ_LEN:
         raise ValueError(f"{name}: expected {seq_name} <= {MAX_SEQ_LEN} (2^31 - 128: the indices of its last "
                          f"128-wide tile must fit in int32), got {seq}")

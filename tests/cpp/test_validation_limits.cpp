@@ -118,6 +118,16 @@ TEST(BlockMaskLimits, CudaBuilderTooManyTiles) {
                "1 * heads 1 * 8388608 q tiles * 8388608 kv tiles (q_len 1073741824, kv_len 1073741824)");
 }
 
+// create_block_mask(..., device="cuda") of a build without CUDA, in C++.
+TEST(BlockMaskLimits, CudaBuilderWithoutCudaBackend) {
+  if (ff::has_cuda_backend()) GTEST_SKIP() << "this build has CUDA kernels";
+  std::vector<unsigned char> workspace(1 << 16);
+  const ff::Workspace ws{workspace.data(), workspace.size()};
+  expect_error([&] { ff::build_block_mask_cuda(ff::Mask::causal(), 1, 1, 128, 128, ws, 0, nullptr); },
+               ff::ErrorKind::kUnsupported,
+               "build_block_mask_cuda: this build has no CUDA kernels (rebuild with nvcc); use build_block_mask");
+}
+
 // ---- masks ---------------------------------------------------------------------------------
 
 TEST(MaskArguments, Eagle3LengthPastBlockLen) {
