@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 
 from . import _C
-from ._ops import attention_forward
 from ._check_args import check_bool, check_dense, check_sizes
+from ._ops import attention_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from .block_mask import BlockMask, from_torch_cached
 from .score_mods import _NONE, SUPPORTED, ScoreMod
