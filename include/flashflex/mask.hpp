@@ -36,7 +36,8 @@ class Mask {
   static Mask padding(std::vector<int64_t> q_lengths, std::vector<int64_t> kv_lengths);
   // EAGLE3 test-time training, step `step` (keys are step + 1 blocks of block_len columns):
   // row q of sample b sees column c iff q < L_b - step and either c < block_len and c <= q,
-  // or c = j * block_len + q for some 1 <= j <= step. Empty lengths: L_b = block_len.
+  // or c = j * block_len + q for some 1 <= j <= step. Empty lengths: L_b = block_len; each
+  // length is in [0, block_len].
   static Mask eagle3(int64_t step, int64_t block_len, std::vector<int64_t> lengths = {});
   // Any predicate; it is called only for in-range (q, kv), with every sample and head.
   static Mask predicate(Predicate fn);

@@ -115,8 +115,8 @@ def padding(q_lengths: Optional[IntsLike] = None, kv_lengths: Optional[IntsLike]
 def eagle3(step: int, block_len: int, lengths: Optional[IntsLike] = None) -> Mask:
     """EAGLE3 test-time training at step `step`: keys are step + 1 blocks of block_len columns;
     row q of sample b sees column c iff q < lengths[b] - step and either c < block_len and
-    c <= q, or c == j * block_len + q for some 1 <= j <= step. Q_LEN = block_len,
-    KV_LEN = (step + 1) * block_len."""
+    c <= q, or c == j * block_len + q for some 1 <= j <= step; each length is in [0, block_len].
+    Q_LEN = block_len, KV_LEN = (step + 1) * block_len."""
     step, block_len = _int("eagle3", "step", step), _int("eagle3", "block_len", block_len)
     valid_len = None if lengths is None else _ints("eagle3", "lengths", lengths)
 
