@@ -35,6 +35,14 @@ inline constexpr int kTileSize = 128;
 inline constexpr int kBitmapWordsPerRow = kTileSize / 32;
 inline constexpr int kBitmapWords = kTileSize * kBitmapWordsPerRow;  // 512 uint32 per tile
 
+// Index limits, checked before anything is allocated. A sequence length is at most
+// 2^31 - kTileSize, so that every index of its padded last tile (up to
+// num_tiles(len) * kTileSize - 1) fits the kernels' int32 row and column indices. A BlockMask
+// describes at most 2^31 - 1 tiles (batch * heads * q tiles * kv tiles), so that the int32
+// bitmap ids of partial_tile_ids can name every one of them.
+inline constexpr int64_t kMaxSeqLen = int64_t{2147483647} - kTileSize + 1;  // 2147483520
+inline constexpr int64_t kMaxMaskTiles = int64_t{2147483647};
+
 // Non-owning view; all arrays live on `device` (the device of the attention tensors).
 struct BlockMask {
   int64_t batch = 1;

@@ -36,7 +36,8 @@ class Mask {
   static Mask padding(std::vector<int64_t> q_lengths, std::vector<int64_t> kv_lengths);
   // EAGLE3 test-time training, step `step` (keys are step + 1 blocks of block_len columns):
   // row q of sample b sees column c iff q < L_b - step and either c < block_len and c <= q,
-  // or c = j * block_len + q for some 1 <= j <= step. Empty lengths: L_b = block_len.
+  // or c = j * block_len + q for some 1 <= j <= step. Empty lengths: L_b = block_len; each
+  // length is in [0, block_len].
   static Mask eagle3(int64_t step, int64_t block_len, std::vector<int64_t> lengths = {});
   // Any predicate; it is called only for in-range (q, kv), with every sample and head.
   static Mask predicate(Predicate fn);
@@ -62,8 +63,10 @@ class Mask {
 // Builds the BlockMask of `mask` for tensors of `batch` samples, `heads` query heads,
 // q_len rows and kv_len columns. The result broadcasts (batch or heads = 1) over what the
 // mask does not depend on. Tiles are exact: a partial tile has at least one visible and one
-// masked element, where positions past q_len / kv_len count as masked. Throws
-// flashflex::Error on sizes that do not match the mask's data.
+// masked element, where positions past q_len / kv_len count as masked. Data of one sample
+// (lengths or ids of batch 1) apply to every sample, unless a user predicate is part of the mask.
+// Throws flashflex::Error on sizes that do not match the mask's data, on lengths past kMaxSeqLen
+// and on more than kMaxMaskTiles tiles (block_mask.hpp), before allocating.
 HostBlockMask build_block_mask(const Mask& mask, int64_t batch, int64_t heads, int64_t q_len,
                                int64_t kv_len);
 

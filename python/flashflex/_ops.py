@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _C
+from ._check_args import check_sizes
 from ._tensor_ref import device_code, stream_of, tensor_ref, unit_inner_stride
 from .score_mods import _BIAS
 
@@ -40,6 +41,10 @@ def _empty_out(q: Tensor) -> Tensor:
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor],
                       scale: float, mod_kind: int, cap: float, mod_tensor: Optional[Tensor],
                       deterministic: bool) -> Tuple[Tensor, Tensor]:
+    # The op is reachable without flex_attention (torch.ops.flashflex.fwd): sizes past the index
+    # limits must fail before the outputs are allocated; the native core checks everything else.
+    check_sizes("q", q, "Q_LEN")
+    check_sizes("k", k, "KV_LEN")
     out = _empty_out(q)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale,

@@ -5,12 +5,14 @@ calls the flashflex::fwd custom op (autograd and torch.compile live in _ops.py).
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Optional
 
 import torch
 
 from . import _C
+from ._check_args import check_bool, check_dense, check_sizes
 from ._ops import attention_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from .block_mask import BlockMask, from_torch_cached
@@ -32,6 +34,8 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
     out 0 and lse -inf. return_aux=AuxRequest(lse=True) returns (out, AuxOutput(lse=...)) as in
     torch. kernel_options: {"deterministic": bool} (backward summation order)."""
+    check_bool("enable_gqa", enable_gqa)
+    check_bool("return_lse", return_lse)
     _check_tensors(query, key, value, enable_gqa)
     mask = _resolve_block_mask(block_mask, query, key)
     mod = _resolve_score_mod(score_mod, query, key)
@@ -63,12 +67,14 @@ def _check_tensors(query, key, value, enable_gqa: bool) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        check_dense(name, t)
         if t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
         if t.dim() != 4:
             raise ValueError(f"{name}: expected 4 dimensions [B, H, SEQ_LEN, D], got shape {tuple(t.shape)}")
         if t.numel() == 0:
             raise ValueError(f"{name}: expected non-empty sizes, got shape {tuple(t.shape)}")
+        check_sizes(name, t, "Q_LEN" if name == "query" else "KV_LEN")
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
             raise TypeError(f"{name}: expected dtype {query.dtype} (as query), got {t.dtype}")
@@ -144,7 +150,9 @@ def _resolve_score_mod(score_mod, query, key) -> Optional[ScoreMod]:
 def _resolve_scale(scale, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale: expected a finite number or None, got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
     return float(scale)
 
@@ -158,4 +166,6 @@ def _resolve_kernel_options(kernel_options) -> bool:
     if ignored:
         warnings.warn(f"kernel_options: ignoring {ignored}; flashflex understands {list(_KNOWN_KERNEL_OPTIONS)}",
                       stacklevel=3)
-    return bool(kernel_options.get("deterministic", False))
+    deterministic = kernel_options.get("deterministic", False)
+    check_bool('kernel_options["deterministic"]', deterministic)
+    return deterministic

@@ -12,6 +12,7 @@ import torch
 
 from . import _C
 from ._png import write_png
+from ._validate_block_mask import check_create_args, check_torch_block_mask
 from .masks import Mask
 
 __all__ = ["BlockMask", "create_block_mask"]
@@ -66,6 +67,7 @@ class BlockMask:
         if block_size != cls.BLOCK_SIZE:
             raise ValueError(f"block_mask: expected BLOCK_SIZE {cls.BLOCK_SIZE} (flashflex tiles are {TILE} x "
                              f"{TILE}), got {block_size}; build it with create_block_mask(..., BLOCK_SIZE={TILE})")
+        check_torch_block_mask(block_mask)
         q_len, kv_len = block_mask.seq_lengths
         counts = block_mask.kv_num_blocks
         indices = block_mask.kv_indices
@@ -248,6 +250,7 @@ def create_block_mask(mask_mod, B: Optional[int], H: Optional[int], Q_LEN: int, 
     upper bound of partial tiles, CUDA-graph capturable for masks without per-sample data); any other torch-style mask_mod (b, h, q_idx, kv_idx) -> bool goes through torch's
     create_block_mask, and its partial tiles are then evaluated once more for their bitmaps.
     B or H = None builds a mask shared by every sample / head."""
+    check_create_args(mask_mod, B, H, Q_LEN, KV_LEN, device)
     batch = 1 if B is None else int(B)
     heads = 1 if H is None else int(H)
     if isinstance(mask_mod, Mask):

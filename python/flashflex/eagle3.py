@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _C
+from ._check_args import check_bool, check_dense, check_sizes
 from ._eagle3_ops import eagle3_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from .attention import _resolve_scale
@@ -37,6 +38,7 @@ def ttt_attention(q: torch.Tensor, k_blocks: Sequence[torch.Tensor], v_blocks: S
     each in [0, T]); None means every sample has length T, so the last k rows are invalid.
     `scale` defaults to 1 / sqrt(D). Returns out [B, Hq, T, D] in q's layout, and with
     return_lse=True also lse float32 [B, Hq, T] (natural log; -inf on invalid rows)."""
+    check_bool("return_lse", return_lse)
     _check_query(q)
     k_blocks = _check_block_list("k_blocks", k_blocks, q)
     v_blocks = _check_block_list("v_blocks", v_blocks, q)
@@ -53,12 +55,14 @@ def ttt_attention(q: torch.Tensor, k_blocks: Sequence[torch.Tensor], v_blocks: S
 def _check_query(q) -> None:
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q: expected a torch.Tensor, got {type(q).__name__}")
+    check_dense("q", q)
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"q: expected dtype float32, float16 or bfloat16, got {q.dtype}")
     if q.dim() != 4:
         raise ValueError(f"q: expected 4 dimensions [B, Hq, T, D], got shape {tuple(q.shape)}")
     if q.numel() == 0:
         raise ValueError(f"q: expected non-empty sizes, got shape {tuple(q.shape)}")
+    check_sizes("q", q, "T")
     if q.shape[-1] not in _SUPPORTED_HEAD_DIMS:
         raise ValueError(f"q: expected head dim in {_SUPPORTED_HEAD_DIMS}, got {q.shape[-1]}")
 
@@ -73,6 +77,7 @@ def _check_block_list(name: str, blocks, q: torch.Tensor) -> list:
     for j, t in enumerate(blocks):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}[{j}]: expected a torch.Tensor, got {type(t).__name__}")
+        check_dense(f"{name}[{j}]", t)
         if t.dtype != q.dtype:
             raise TypeError(f"{name}[{j}]: expected dtype {q.dtype} (as q), got {t.dtype}")
         if t.device != q.device:

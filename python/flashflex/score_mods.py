@@ -4,16 +4,20 @@ same modification can be checked against torch.nn.attention.flex_attention."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Optional
 
 import torch
+
+from . import _C
 
 __all__ = ["ScoreMod", "softcap", "alibi", "bias", "SUPPORTED"]
 
 SUPPORTED = ("softcap(cap)", "alibi(slopes)", "bias(tensor)")
 
-# Codes of flashflex::ScoreModKind (include/flashflex/mods.hpp).
-_NONE, _SOFTCAP, _ALIBI, _BIAS = 0, 1, 2, 3
+# Codes of flashflex::ScoreModKind (include/flashflex/mods.hpp), as the binding exports them.
+_NONE, _SOFTCAP, _ALIBI, _BIAS = (_C.SCORE_MOD_KINDS[name] for name in ("none", "softcap", "alibi", "bias"))
 
 
 class ScoreMod:
@@ -34,9 +38,11 @@ class ScoreMod:
 
 
 def softcap(cap: float) -> ScoreMod:
-    """s -> cap * tanh(s / cap)."""
+    """s -> cap * tanh(s / cap); cap is a finite real number > 0."""
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Real):
+        raise TypeError(f"softcap: expected cap as a real number (int or float), got {_describe(cap)}")
     cap = float(cap)
-    if not cap > 0 or cap == float("inf"):
+    if not (math.isfinite(cap) and cap > 0):
         raise ValueError(f"softcap: expected a finite cap > 0, got {cap}")
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -46,8 +52,10 @@ def softcap(cap: float) -> ScoreMod:
 
 
 def alibi(slopes: torch.Tensor) -> ScoreMod:
-    """s -> s + slopes[h] * (kv_idx - q_idx); slopes is a float32 tensor [Hq]."""
-    if not isinstance(slopes, torch.Tensor) or slopes.dim() != 1:
+    """s -> s + slopes[h] * (kv_idx - q_idx); slopes is a real tensor [Hq], used as float32."""
+    if not isinstance(slopes, torch.Tensor) or slopes.is_complex() or slopes.dtype == torch.bool:
+        raise TypeError(f"alibi: expected slopes as a 1-D float32 tensor [Hq], got {_describe(slopes)}")
+    if slopes.dim() != 1:
         raise ValueError(f"alibi: expected slopes as a 1-D float32 tensor [Hq], got {_describe(slopes)}")
     slopes = slopes.to(torch.float32)
 
@@ -60,7 +68,9 @@ def alibi(slopes: torch.Tensor) -> ScoreMod:
 def bias(tensor: torch.Tensor) -> ScoreMod:
     """s -> s + tensor[b, h, q_idx, kv_idx]; tensor is [B or 1, Hq or 1, Q_LEN, KV_LEN].
     If it requires grad, flex_attention returns its gradient."""
-    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"bias: expected a 4-D tensor [B or 1, Hq or 1, Q_LEN, KV_LEN], got {_describe(tensor)}")
+    if tensor.dim() != 4:
         raise ValueError(f"bias: expected a 4-D tensor [B or 1, Hq or 1, Q_LEN, KV_LEN], got {_describe(tensor)}")
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -74,4 +84,5 @@ def bias(tensor: torch.Tensor) -> ScoreMod:
 def _describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return f"a {x.dim()}-D {x.dtype} tensor"
-    return type(x).__name__
+    text = repr(x)
+    return f"{type(x).__name__} {text if len(text) <= 40 else text[:37] + '...'}"

@@ -181,6 +181,15 @@ PYBIND11_MODULE(_C, mod) {
 
   mod.attr("TILE_SIZE") = ff::kTileSize;
   mod.attr("BITMAP_WORDS") = ff::kBitmapWords;
+  mod.attr("MAX_SEQ_LEN") = ff::kMaxSeqLen;
+  mod.attr("MAX_MASK_TILES") = ff::kMaxMaskTiles;
+  // name -> flashflex::ScoreModKind code: the Python side never restates the enum's values.
+  py::dict score_mod_kinds;
+  for (ff::ScoreModKind kind : {ff::ScoreModKind::kNone, ff::ScoreModKind::kSoftcap, ff::ScoreModKind::kAlibi,
+                                ff::ScoreModKind::kBias}) {
+    score_mod_kinds[ff::score_mod_name(kind)] = static_cast<int>(kind);
+  }
+  mod.attr("SCORE_MOD_KINDS") = score_mod_kinds;
   mod.def("supported_head_dims", &ff::supported_head_dims);
   mod.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
           py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("stream"));

@@ -4,6 +4,8 @@
 // are also used by validate_eagle3.cpp.
 #include "api/validate.hpp"
 
+#include "api/validate_limits.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -17,6 +19,22 @@ constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
 constexpr const char* kDimNames[] = {"batch", "heads", "seq_len", "head_dim"};
 
 // ---- presence and layout -------------------------------------------------------------------
+
+// The enums arrive as plain integers from bindings: an unknown code must not reach dtype_size
+// (0 bytes) or the device dispatch.
+void check_codes(const char* name, const TensorRef& t) {
+  if (dtype_size(t.dtype) == 0) {
+    fail(ErrorKind::kInvalidArgument, name, ": expected a dtype code of float32 (0), float16 (1), bfloat16 (2), ",
+         "int32 (3) or int64 (4), got ", static_cast<int>(t.dtype));
+  }
+  if (t.device.type != DeviceType::kCpu && t.device.type != DeviceType::kCuda) {
+    fail(ErrorKind::kInvalidArgument, name, ": expected device type cpu (0) or cuda (1), got ",
+         static_cast<int>(t.device.type));
+  }
+  if (t.device.type == DeviceType::kCuda && t.device.index < 0) {
+    fail(ErrorKind::kInvalidArgument, name, ": expected a CUDA device index >= 0, got ", t.device.index);
+  }
+}
 
 void check_present(const char* name, const TensorRef& t, int rank) {
   if (!t.defined()) fail(ErrorKind::kInvalidArgument, name, ": expected a tensor, got none");
@@ -35,6 +53,7 @@ void check_present(const char* name, const TensorRef& t, int rank) {
     }
   }
   if (t.data == nullptr) fail(ErrorKind::kInvalidArgument, name, ": expected a non-null data pointer, got null");
+  check_codes(name, t);
 }
 
 void check_inner_stride(const char* name, const TensorRef& t) {
@@ -165,6 +184,8 @@ AttentionShape check_qkv(const TensorRef& q, const TensorRef& k, const TensorRef
   check_tensor("q", q, 4);
   check_tensor("k", k, 4);
   check_tensor("v", v, 4);
+  check_seq_len("q", "seq_len", q.sizes[2]);
+  check_seq_len("k", "seq_len", k.sizes[2]);
   check_float_dtype("q", q);
   check_dtype("k", k, q.dtype, "as q");
   check_dtype("v", v, q.dtype, "as q");

@@ -5,6 +5,8 @@
 // k_blocks[0]), got 16 (sizes [...])".
 #include "api/validate_eagle3.hpp"
 
+#include "api/validate_limits.hpp"
+
 #include <string>
 #include <vector>
 
@@ -34,6 +36,7 @@ void check_block_count(const char* list, const std::vector<TensorRef>& blocks, s
 
 Eagle3Shape check_q_and_first_block(const TensorRef& q, const TensorRef& k0, size_t num_blocks) {
   check_tensor("q", q, 4);
+  check_seq_len("q", "seq_len", q.sizes[2]);
   check_float_dtype("q", q);
   check_tensor("k_blocks[0]", k0, 4);
   check_dtype("k_blocks[0]", k0, q.dtype, "as q");

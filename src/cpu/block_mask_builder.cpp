@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "api/validate_limits.hpp"
 #include "flashflex/error.hpp"
 #include "flashflex/mask.hpp"
 #include "mask/mask_node.hpp"
@@ -258,10 +259,16 @@ bool all_clear(const Bitmap& bits) {
 HostBlockMask build_block_mask(const Mask& mask, int64_t batch, int64_t heads, int64_t q_len,
                                int64_t kv_len) {
   check_extent("batch", batch);
+  batch = detail::broadcast_batch(mask, batch);
   check_extent("heads", heads);
   check_extent("q_len", q_len);
   check_extent("kv_len", kv_len);
+  detail::check_seq_len("build_block_mask", "q_len", q_len);
+  detail::check_seq_len("build_block_mask", "kv_len", kv_len);
   check_mask_batch(mask, batch);
+  // Before any list is allocated: the tiles of the result (batch and heads as it broadcasts).
+  detail::check_mask_tiles("build_block_mask", mask.depends_on_sample() ? batch : 1,
+                           mask.depends_on_head() ? heads : 1, q_len, kv_len);
   const Geometry g{q_len, kv_len, num_tiles(q_len), num_tiles(kv_len)};
   std::vector<BuildNode> tree;
   flatten(mask.node(), g, tree);

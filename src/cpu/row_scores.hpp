@@ -140,7 +140,9 @@ inline void score_row(const double* q_row, const double* kt, int64_t kv_len, int
 }
 
 // Softmax statistics of a scored row: max m and l = sum of exp(s - m) over the visible columns.
-// A row with no visible column has m = -inf and l = 0.
+// A row with no visible column has m = -inf and l = 0. A NaN score makes m NaN (std::max would
+// skip it and a NaN-only row would pass for a fully masked one): the row's out and lse are then
+// NaN, as a dense computation gives, so a diverging run reaches the loss as NaN.
 struct RowStats {
   double max = kMaskedScore;
   double sum = 0.0;
@@ -153,7 +155,9 @@ struct RowStats {
 inline RowStats exp_row(const double* s, const std::vector<KvSpan>& spans, double* p) {
   RowStats r;
   for (const KvSpan& span : spans) {
-    for (int64_t j = span.begin; j < span.end; ++j) r.max = std::max(r.max, s[j]);
+    for (int64_t j = span.begin; j < span.end; ++j) {
+      if (s[j] > r.max || std::isnan(s[j])) r.max = s[j];  // once NaN, no comparison is true
+    }
   }
   if (r.empty()) return r;
   for (const KvSpan& span : spans) {

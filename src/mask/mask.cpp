@@ -133,6 +133,13 @@ Mask Mask::eagle3(int64_t step, int64_t block_len, std::vector<int64_t> lengths)
   require_non_negative("eagle3", "step", step);
   if (block_len < 1) invalid("eagle3: expected block_len >= 1, got " + std::to_string(block_len));
   require_non_negative("eagle3", "lengths", lengths);
+  // A sample holds at most block_len tokens: a longer length would silently act as block_len.
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    if (lengths[i] > block_len) {
+      invalid("eagle3: expected lengths[" + std::to_string(i) + "] <= block_len " + std::to_string(block_len) +
+              ", got " + std::to_string(lengths[i]));
+    }
+  }
   auto node = std::make_shared<MaskNode>(MaskKind::kEagle3, "eagle3");
   node->batch = static_cast<int64_t>(lengths.size());
   node->sample_lengths = std::move(lengths);

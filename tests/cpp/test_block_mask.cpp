@@ -234,8 +234,9 @@ TEST(BlockMaskBuilder, Eagle3) {
       const int64_t kv_len = (step + 1) * block_len;
       check_build(Mask::eagle3(step, block_len), 2, 2, block_len, kv_len,
                   eagle3_formula(step, block_len, {}), 1, 1);
-      // Sample 1 is shorter, sample 2 has no valid row at all.
-      const std::vector<int64_t> lengths = {block_len, block_len / 2 + step, step};
+      // Sample 1 is shorter, sample 2 has no valid row at all (lengths are at most block_len).
+      const std::vector<int64_t> lengths = {block_len, std::min(block_len, block_len / 2 + step),
+                                            std::min(block_len, step)};
       check_build(Mask::eagle3(step, block_len, lengths), 3, 1, block_len, kv_len,
                   eagle3_formula(step, block_len, lengths), 3, 1);
     }
@@ -243,16 +244,19 @@ TEST(BlockMaskBuilder, Eagle3) {
 }
 
 TEST(BlockMaskBuilder, Eagle3TileCounts) {
-  // T = 1024, step 2, every row valid (L = T + step): q tile i has full tiles 0..i-1, a
-  // partial diagonal tile i and one partial suffix tile j * 8 + i per later block
-  // (Mask::eagle3, include/flashflex/mask.hpp). With the default L = T the last `step` rows see nothing, so
-  // the last q tile has no full tile: its causal tiles become partial.
+  // T = 1024, step 2, every row valid: q tile i has full tiles 0..i-1, a partial diagonal tile i
+  // and one partial suffix tile j * 8 + i per later block (Mask::eagle3, include/flashflex/mask.hpp). Lengths are
+  // at most T, so the all-valid mask is the TTT predicate without its length clause (the builder's
+  // tiles are exact either way). With the default L = T the last `step` rows see nothing, so the
+  // last q tile has no full tile: its causal tiles become partial.
   constexpr int64_t kBlockLen = 1024;
   constexpr int64_t kStep = 2;
   constexpr int64_t kTilesPerBlock = kBlockLen / kTileSize;
   constexpr int64_t kLast = kTilesPerBlock - 1;
-  const HostBlockMask all_valid = build_block_mask(
-      Mask::eagle3(kStep, kBlockLen, {kBlockLen + kStep}), 1, 1, kBlockLen, (kStep + 1) * kBlockLen);
+  const Mask every_row_valid = Mask::predicate([](int64_t, int64_t, int64_t q, int64_t c) {
+    return c < kBlockLen ? c <= q : c % kBlockLen == q;
+  });
+  const HostBlockMask all_valid = build_block_mask(every_row_valid, 1, 1, kBlockLen, (kStep + 1) * kBlockLen);
   const HostBlockMask last_rows_masked =
       build_block_mask(Mask::eagle3(kStep, kBlockLen), 1, 1, kBlockLen, (kStep + 1) * kBlockLen);
   for (const HostBlockMask* m : {&all_valid, &last_rows_masked}) {
