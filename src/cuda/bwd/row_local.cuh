@@ -116,7 +116,8 @@ __global__ void __launch_bounds__(kRowLocalBwdWarps * 32) row_local_bwd_kernel(c
               s += __shfl_xor_sync(0xffffffffu, s, off);
               dp += __shfl_xor_sync(0xffffffffu, dp, off);
             }
-            const float pr = ptx::exp2_approx(fmaf(s, p.scale_log2, -lse2));
+            // An invalid row (lse2 +inf) adds nothing, even with a NaN score.
+            const float pr = lse2 == INFINITY ? 0.f : ptx::exp2_approx(fmaf(s, p.scale_log2, -lse2));
             const float ds = pr * (dp - dpsum);
 #pragma unroll
             for (int e = 0; e < kE; ++e) {

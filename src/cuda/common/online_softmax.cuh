@@ -5,10 +5,12 @@
 //   m' = max(m, rowmax S);  mu = (m' == -inf) ? 0 : m'       (a fully masked row stays at 0)
 //   alpha = exp2((m - mu) * sl2);  P = exp2(S * sl2 - mu * sl2)   (one FFMA + EX2 per element)
 //   l = alpha * l + rowsum P;  O *= alpha;  m = m'
-//   finish: l = quad sum; inv = (l == 0 or NaN) ? 0 : 1 / l; lse = inv ? m * unit + ln l : -inf
+//   finish: l = quad sum; inv = (l == 0) ? 0 : 1 / l; lse = inv ? m * unit + ln l : -inf (NaN l: NaN)
 //
 // Scores are in "units" where sl2 = unit * log2(e): raw q.k with unit = scale when there is no
-// score mod (the scale enters only the FFMA), modified natural-log scores with unit = 1 otherwise.
+// score mod and scale > 0 (the scale enters only the FFMA), scaled (modified) natural-log scores
+// with unit = 1 otherwise: raw units need scale > 0, since only then is the max of the raw scores
+// that of the scaled ones, and a masked -inf times sl2 = 0 would be NaN.
 // The three steps of a row are separate calls (max_and_rescale, exponentiate, rescale_o) so that
 // a consumer can interleave them with its GEMMs: update() runs them row after row (sm80),
 // exponentiate_rows then rescale_o_rows once the previous P V is done (sm90).
@@ -114,7 +116,9 @@ struct OnlineSoftmax {
         float l = row_sum[s][j];
         l += __shfl_xor_sync(0xffffffffu, l, 1);
         l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const bool empty = !(l > 0.f);  // 0 or NaN
+        // Every P of a fully masked row is exp2(-inf) = 0. A NaN l (a NaN or inf score) is not
+        // such a row: it stays NaN in out and lse, as the dense computation gives.
+        const bool empty = l == 0.f;
         inv[s][j] = empty ? 0.f : 1.f / l;
         lse[s][j] = empty ? -INFINITY : row_max[s][j] * unit + logf(l);
       }

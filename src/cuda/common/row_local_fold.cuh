@@ -23,10 +23,11 @@ struct RowLocalFold {
   }
 
   // warp_row0: the tile-relative first row of the warp, q_row0: the absolute row of tile row 0;
-  // sl2 = scale * log2(e) (the running max is in raw q.k units, online_softmax.cuh).
+  // sl2: as the kernel's (online_softmax.cuh); dot_unit: 1 in raw q.k units, scale in scaled units.
   template <class Softmax>
   __device__ static void fold(Softmax& softmax, float (&acc_o)[kMSlabs][kNTilesO][4], const FwdParams& p, int b,
-                              int h, int hkv, int q_row0, int warp_row0, int valid_rows, float sl2, int lane) {
+                              int h, int hkv, int q_row0, int warp_row0, int valid_rows, float sl2,
+                              float dot_unit, int lane) {
     const RowLocalKeys& keys = p.row_local;
     const Element* q_head = static_cast<const Element*>(p.q.data) + b * p.q.stride_b + h * p.q.stride_h;
     const int col0 = 2 * (lane & 3);
@@ -50,6 +51,7 @@ struct RowLocalFold {
           }
           dot += __shfl_xor_sync(0xffffffffu, dot, 1);
           dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+          dot *= dot_unit;
           if (!valid) continue;
           const float m_new = fmaxf(softmax.row_max[s][j], dot);
           const float alpha = ptx::exp2_approx((softmax.row_max[s][j] - m_new) * sl2);  // old -inf -> 0

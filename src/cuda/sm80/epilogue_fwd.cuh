@@ -32,7 +32,11 @@ struct EpilogueFwd {
         const int row = warp_row0 + s * 16 + (lane >> 2) + j * 8;
 #pragma unroll
         for (int t = 0; t < kNTilesO; ++t) {
-          const uint32_t v = ptx::pack2<Element>(acc_o[s][t][2 * j] * inv[s][j], acc_o[s][t][2 * j + 1] * inv[s][j]);
+          // inv 0 (the row saw nothing) writes 0 even where acc_o holds 0 * NaN (a NaN value behind
+          // a masked score, a NaN q row of an invalid EAGLE3 row).
+          const bool empty = inv[s][j] == 0.f;
+          const uint32_t v = ptx::pack2<Element>(empty ? 0.f : acc_o[s][t][2 * j] * inv[s][j],
+                                                 empty ? 0.f : acc_o[s][t][2 * j + 1] * inv[s][j]);
           *reinterpret_cast<uint32_t*>(sQ + Traits::swizzle(row, t) + (lane & 3) * 2) = v;
         }
         const int q = q_row0 + row;

@@ -74,8 +74,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
   const Element* v = static_cast<const Element*>(p.v.data) + b * p.v.stride_b + hkv * p.v.stride_h;
 
   const Mod mod(p.mod, b, h);
-  // Units of the running max (softmax.cuh): raw q.k without a mod, modified scores with one.
-  const float unit = Mod::kIsIdentity ? p.scale : 1.f;
+  // Units of the running max (online_softmax.cuh): raw q.k without a mod when scale > 0, scaled
+  // (and modified) scores otherwise.
+  const bool raw_units = Mod::kIsIdentity && p.scale > 0.f;
+  const float unit = raw_units ? p.scale : 1.f;
   const float sl2 = unit * cuda::kLog2e;
 
   float acc_o[kMSlabs][Traits::kNTilesO][4];
@@ -136,7 +138,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
       } else {
         Mainloop::gemm_qk(acc_s, q_addr, k_addr + stage * kKVBytes);
       }
-      if constexpr (!Mod::kIsIdentity) {
+      if (!raw_units) {  // always for a mod; for the identity only when scale <= 0 (warp-uniform)
         Mask::apply_score_mod(acc_s, mod, p.scale, q_row0 + warp * Traits::kRowsPerWarp, cur.kv_start, lane);
       }
       if (cur.bitmap_id >= 0) {
@@ -154,7 +156,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
 
   if constexpr (kRowLocal) {
     cuda::RowLocalFold<Element, kMSlabs, Traits::kNTilesO>::fold(softmax, acc_o, p, b, h, hkv, q_row0,
-                                                                 warp * Traits::kRowsPerWarp, valid_rows, sl2, lane);
+                                                                 warp * Traits::kRowsPerWarp, valid_rows, sl2,
+                                                                 raw_units ? 1.f : p.scale, lane);
   }
   float inv[kMSlabs][2], lse[kMSlabs][2];
   softmax.finish(inv, lse, unit);

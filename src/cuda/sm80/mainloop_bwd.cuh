@@ -241,6 +241,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
         for (int h = 0; h < 2; ++h) {
           const int row = sdp_row0 + mi * 16 + g + h * 8;
           const float row_lse2 = lse2[row], row_dpsum = dpsum[row];
+          const bool row_saw_keys = row_lse2 != INFINITY;  // lse -inf: nothing visible, whatever its scores
 #pragma unroll
           for (int ni = 0; ni < Tr::kSdpFragsN; ++ni) {
             const int col = sdp_col0 + ni * 8 + 2 * t;
@@ -253,7 +254,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
               const bool visible = (vis >> idx) & 1u;
               // Hidden scores enter the exp as -inf (exp2 gives +0): a select, not a predicated
               // exp plus a zeroing move per element.
-              const float pe = ptx::exp2_approx(visible ? logit2 - row_lse2 : -INFINITY);
+              const float pe = ptx::exp2_approx(visible && row_saw_keys ? logit2 - row_lse2 : -INFINITY);
               const float ds = pe * (dp_acc[mi][ni][h * 2 + e] - row_dpsum);
               if (kMod == ScoreModKind::kBias && dbias != nullptr && visible) {
                 atomicAdd(dbias + int64_t(m0 + row) * p.kv_len + (n0 + col + e), ds);

@@ -27,8 +27,11 @@ struct EpilogueFwd {
 #pragma unroll
       for (int n = 0; n < kNT; ++n) {
         // Streaming store (evict-first): out is never re-read here and should not push K/V out of L2.
+        // inv 0 (the row saw nothing) writes 0 even where o holds 0 * NaN (a NaN value behind a
+        // masked score, a NaN q row of an invalid EAGLE3 row).
+        const bool empty = inv[j] == 0.f;
         __stcs(reinterpret_cast<unsigned int*>(row + 8 * n),
-               ptx::pack2<Element>(o[4 * n + 2 * j] * inv[j], o[4 * n + 2 * j + 1] * inv[j]));
+               ptx::pack2<Element>(empty ? 0.f : o[4 * n + 2 * j] * inv[j], empty ? 0.f : o[4 * n + 2 * j + 1] * inv[j]));
       }
       if (lse_rows != nullptr && (lane & 3) == 0) lse_rows[q * lse_stride_t] = lse[j];
     }

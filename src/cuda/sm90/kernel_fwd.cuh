@@ -59,12 +59,13 @@ struct GemmTurns {
 // The score mod and the masks of one step (common/mask_apply.cuh) on a warp's S fragment: q_row0,
 // the tile's first q row; warp_row0, the warp's first row in the tile; bits, the step's tile bitmap
 // in shared memory ([128 rows][kBitmapWordsPerRow words]) or null for a full step.
+// raw_units: the scores stay raw q.k (identity mod, scale > 0; online_softmax.cuh).
 template <class Traits, class Mod>
-__device__ __forceinline__ void mask_step(float (&acc)[1][Traits::kNTilesS][4], const Mod& mod,
+__device__ __forceinline__ void mask_step(float (&acc)[1][Traits::kNTilesS][4], const Mod& mod, bool raw_units,
                                           const cuda::FwdParams& p, int q_row0, int warp_row0, int kv,
                                           const uint32_t* bits, int lane) {
   using Mask = cuda::FragmentMask<1, Traits::kNTilesS>;
-  if constexpr (!Mod::kIsIdentity) Mask::apply_score_mod(acc, mod, p.scale, q_row0 + warp_row0, kv, lane);
+  if (!raw_units) Mask::apply_score_mod(acc, mod, p.scale, q_row0 + warp_row0, kv, lane);
   if (bits != nullptr) {
     Mask::template mask_bitmap<Traits::kBitsWordsPerStep, kBitmapWordsPerRow>(acc, bits + (kv % kTileSize) / 32,
                                                                               warp_row0, lane);
@@ -83,8 +84,10 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
   const int lane = tid % 32;
   const int wg_row0 = cwg * 64;
   const int warp_row0 = wg_row0 + (tid / 32) * 16;  // the warp's first row inside the tile
-  // Units of the running max (online_softmax.cuh): raw q.k without a mod, modified scores with one.
-  const float unit = Mod::kIsIdentity ? p.scale : 1.f;
+  // Units of the running max (online_softmax.cuh): raw q.k without a mod when scale > 0, scaled
+  // (and modified) scores otherwise.
+  const bool raw_units = Mod::kIsIdentity && p.scale > 0.f;
+  const float unit = raw_units ? p.scale : 1.f;
   const float sl2 = unit * cuda::kLog2e;
 
   const GemmTurns<kPingPong> turns{cwg};
@@ -127,7 +130,7 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
       turns.end();
       ptx::wgmma_wait<0>();
       ptx::fence_operand(acc_s);
-      mask_step<Traits>(cuda::as_fragment(acc_s), mod, p, q_row0, warp_row0, kv,
+      mask_step<Traits>(cuda::as_fragment(acc_s), mod, raw_units, p, q_row0, warp_row0, kv,
                         partial ? s.bits_ptr(k_st.stage) : nullptr, lane);
       ptx::mbar_arrive(s.k_empty(k_st.stage));
       k_st.advance();
@@ -150,7 +153,7 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
         turns.end();
         ptx::wgmma_wait<1>();
         ptx::fence_operand(acc_s);
-        mask_step<Traits>(cuda::as_fragment(acc_s), mod, p, q_row0, warp_row0, kv,
+        mask_step<Traits>(cuda::as_fragment(acc_s), mod, raw_units, p, q_row0, warp_row0, kv,
                           partial ? s.bits_ptr(k_st.stage) : nullptr, lane);
         ptx::mbar_arrive(s.k_empty(k_st.stage));
         k_st.advance();
@@ -182,7 +185,7 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
     if constexpr (kRowLocal) {
       cuda::RowLocalFold<Element, 1, Traits::kNTilesO>::fold(softmax, cuda::as_fragment(acc_o), p, tile.b, tile.h,
                                                              tile.h / p.kv_group, q_row0, warp_row0, valid_rows, sl2,
-                                                             lane);
+                                                             raw_units ? 1.f : p.scale, lane);
     }
     float inv[1][2], lse[1][2];
     softmax.finish(inv, lse, unit);
