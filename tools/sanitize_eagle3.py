@@ -33,7 +33,7 @@ def run_case(dtype, head_dim, step, deterministic) -> None:
     fwd = (*refs, tensor_ref(out), tensor_ref(lse), scale)
     nbytes = _C.eagle3_forward_workspace_size(*fwd)
     ws = torch.empty(nbytes, dtype=torch.uint8).cuda()
-    _C.eagle3_forward(*fwd, ws.data_ptr(), nbytes, stream_of(q))
+    _C.eagle3_forward(*fwd, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
     dq = torch.empty_like(q)
     dks = [torch.empty_like(k) for k in k_blocks]
     dvs = [torch.empty_like(v) for v in v_blocks]
@@ -41,7 +41,7 @@ def run_case(dtype, head_dim, step, deterministic) -> None:
            [tensor_ref(t) for t in dks], [tensor_ref(t) for t in dvs], scale, deterministic)
     nbytes = _C.eagle3_backward_workspace_size(*bwd)
     ws = torch.empty(nbytes, dtype=torch.uint8).cuda()
-    _C.eagle3_backward(*bwd, ws.data_ptr(), nbytes, stream_of(q))
+    _C.eagle3_backward(*bwd, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
     torch.cuda.synchronize()
     for name, t in [("out", out), ("dq", dq)] + [(f"dk{j}", t) for j, t in enumerate(dks)]:
         assert torch.isfinite(t.cpu().float()).all(), (name, dtype, head_dim, step)

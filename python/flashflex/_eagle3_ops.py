@@ -31,26 +31,27 @@ def _workspace(num_bytes: int, device: torch.device) -> Optional[Tensor]:
 
 @torch.library.custom_op("flashflex::eagle3_fwd", mutates_args=())
 def eagle3_forward(q: Tensor, k_blocks: List[Tensor], v_blocks: List[Tensor], seq_lengths: Optional[Tensor],
-                   scale: float) -> Tuple[Tensor, Tensor]:
+                   scale: float, deterministic: bool, backend: int) -> Tuple[Tensor, Tensor]:
     out, lse = _empty_out(q), _empty_lse(q)
     args = (tensor_ref(q), [tensor_ref(k) for k in k_blocks], [tensor_ref(v) for v in v_blocks],
             tensor_ref(seq_lengths), tensor_ref(out), tensor_ref(lse), scale)
     # CUDA: the causal BlockMask of block 0 is built on the device into this scratch, every call.
     workspace_bytes = _C.eagle3_forward_workspace_size(*args)
     workspace = _workspace(workspace_bytes, q.device)
-    _C.eagle3_forward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
+    _C.eagle3_forward(*args, backend, workspace.data_ptr() if workspace is not None else 0, workspace_bytes,
+                      stream_of(q))
     return out, lse
 
 
 @eagle3_forward.register_fake
-def _(q, k_blocks, v_blocks, seq_lengths, scale):
+def _(q, k_blocks, v_blocks, seq_lengths, scale, deterministic, backend):
     return _empty_out(q), _empty_lse(q)
 
 
 @torch.library.custom_op("flashflex::eagle3_bwd", mutates_args=())
 def eagle3_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k_blocks: List[Tensor],
                     v_blocks: List[Tensor], seq_lengths: Optional[Tensor], out: Tensor, lse: Tensor,
-                    scale: float) -> List[Tensor]:
+                    scale: float, deterministic: bool, backend: int) -> List[Tensor]:
     dq = torch.empty_like(q)
     dk_blocks = [torch.empty_like(k) for k in k_blocks]
     dv_blocks = [torch.empty_like(v) for v in v_blocks]
@@ -59,26 +60,28 @@ def eagle3_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k_blocks: L
     dlse = None if dlse is None else unit_inner_stride(dlse)
     args = (tensor_ref(q), [tensor_ref(k) for k in k_blocks], [tensor_ref(v) for v in v_blocks],
             tensor_ref(seq_lengths), tensor_ref(out), tensor_ref(dout), tensor_ref(lse), tensor_ref(dlse),
-            tensor_ref(dq), [tensor_ref(t) for t in dk_blocks], [tensor_ref(t) for t in dv_blocks], scale, False)
+            tensor_ref(dq), [tensor_ref(t) for t in dk_blocks], [tensor_ref(t) for t in dv_blocks], scale,
+            deterministic)
     workspace_bytes = _C.eagle3_backward_workspace_size(*args)
     workspace = _workspace(workspace_bytes, q.device)
-    _C.eagle3_backward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
+    _C.eagle3_backward(*args, backend, workspace.data_ptr() if workspace is not None else 0, workspace_bytes,
+                       stream_of(q))
     return [dq, *dk_blocks, *dv_blocks]
 
 
 @eagle3_backward.register_fake
-def _(dout, dlse, q, k_blocks, v_blocks, seq_lengths, out, lse, scale):
+def _(dout, dlse, q, k_blocks, v_blocks, seq_lengths, out, lse, scale, deterministic, backend):
     return [torch.empty_like(q), *(torch.empty_like(k) for k in k_blocks), *(torch.empty_like(v) for v in v_blocks)]
 
 
 def _setup_context(ctx, inputs, output):
-    q, k_blocks, v_blocks, seq_lengths, scale = inputs
+    q, k_blocks, v_blocks, seq_lengths, scale, deterministic, backend = inputs
     out, lse = output
     ctx.num_blocks = len(k_blocks)
     ctx.has_seq_lengths = seq_lengths is not None
     lengths = [seq_lengths] if seq_lengths is not None else []
     ctx.save_for_backward(q, out, lse, *k_blocks, *v_blocks, *lengths)
-    ctx.scale = scale
+    ctx.scale, ctx.deterministic, ctx.backend = scale, deterministic, backend
     ctx.set_materialize_grads(False)
 
 
@@ -89,9 +92,10 @@ def _backward(ctx, dout, dlse):
     seq_lengths = rest[2 * n] if ctx.has_seq_lengths else None
     if dout is None:  # only lse reached the loss
         dout = torch.zeros_like(out)
-    grads = eagle3_backward(dout, dlse, q, k_blocks, v_blocks, seq_lengths, out, lse, ctx.scale)
+    grads = eagle3_backward(dout, dlse, q, k_blocks, v_blocks, seq_lengths, out, lse, ctx.scale, ctx.deterministic,
+                            ctx.backend)
     # autograd expects the inputs' structure: a list of gradients in each list's position.
-    return grads[0], list(grads[1:1 + n]), list(grads[1 + n:]), None, None
+    return grads[0], list(grads[1:1 + n]), list(grads[1 + n:]), None, None, None, None
 
 
 eagle3_forward.register_autograd(_backward, setup_context=_setup_context)

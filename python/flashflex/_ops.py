@@ -40,7 +40,7 @@ def _empty_out(q: Tensor) -> Tensor:
 @torch.library.custom_op("flashflex::fwd", mutates_args=())
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor],
                       scale: float, mod_kind: int, cap: float, mod_tensor: Optional[Tensor],
-                      deterministic: bool) -> Tuple[Tensor, Tensor]:
+                      deterministic: bool, backend: int) -> Tuple[Tensor, Tensor]:
     # The op is reachable without flex_attention (torch.ops.flashflex.fwd): sizes past the index
     # limits must fail before the outputs are allocated; the native core checks everything else.
     check_sizes("q", q, "Q_LEN")
@@ -48,12 +48,12 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor
     out = _empty_out(q)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale,
-               _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), stream_of(q))
+               _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), backend, stream_of(q))
     return out, lse
 
 
 @attention_forward.register_fake
-def _(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic):
+def _(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic, backend):
     return _empty_out(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -61,7 +61,7 @@ def _(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic):
 def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                        lse: Tensor, mask_tensors: List[Tensor], scale: float, mod_kind: int,
                        cap: float, mod_tensor: Optional[Tensor], need_dbias: bool,
-                       deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                       deterministic: bool, backend: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbias = torch.empty_like(mod_tensor) if need_dbias else q.new_empty(0)
     # Named, so that a copy made for the layout outlives the native call reading its pointer.
@@ -70,7 +70,7 @@ def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tenso
     args = (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(dout), tensor_ref(lse),
             tensor_ref(dlse), tensor_ref(dq), tensor_ref(dk), tensor_ref(dv),
             tensor_ref(dbias) if need_dbias else None, scale, _mod_args(mod_kind, cap, mod_tensor),
-            _mask_args(mask_tensors, q, k), deterministic)
+            _mask_args(mask_tensors, q, k), deterministic, backend)
     workspace_bytes = _C.backward_workspace_size(*args)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
     _C.backward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
@@ -79,17 +79,17 @@ def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tenso
 
 @attention_backward.register_fake
 def _(dout, dlse, q, k, v, out, lse, mask_tensors, scale, mod_kind, cap, mod_tensor, need_dbias,
-      deterministic):
+      deterministic, backend):
     dbias = torch.empty_like(mod_tensor) if need_dbias else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic = inputs
+    q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic, backend = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, mod_tensor, *mask_tensors)
     ctx.scale, ctx.mod_kind, ctx.cap = scale, mod_kind, cap
-    ctx.deterministic = deterministic
+    ctx.deterministic, ctx.backend = deterministic, backend
     ctx.set_materialize_grads(False)
 
 
@@ -99,9 +99,10 @@ def _backward(ctx, dout, dlse):
         dout = torch.zeros_like(out)
     need_dbias = ctx.mod_kind == _BIAS and ctx.needs_input_grad[7]
     dq, dk, dv, dbias = attention_backward(dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale,
-                                           ctx.mod_kind, ctx.cap, mod_tensor, need_dbias, ctx.deterministic)
+                                           ctx.mod_kind, ctx.cap, mod_tensor, need_dbias, ctx.deterministic,
+                                           ctx.backend)
     no_mask_grads = [None] * len(mask_tensors)  # autograd expects the inputs' structure, list included
-    return dq, dk, dv, no_mask_grads, None, None, None, dbias if need_dbias else None, None
+    return dq, dk, dv, no_mask_grads, None, None, None, dbias if need_dbias else None, None, None
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)

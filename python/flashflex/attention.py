@@ -13,6 +13,7 @@ import torch
 
 from . import _C
 from ._check_args import check_bool, check_dense, check_sizes
+from ._kernel_options import resolve_kernel_options
 from ._ops import attention_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from .block_mask import BlockMask, from_torch_cached
@@ -20,7 +21,6 @@ from .score_mods import _NONE, SUPPORTED, ScoreMod
 
 __all__ = ["flex_attention"]
 
-_KNOWN_KERNEL_OPTIONS = ("deterministic",)
 # Read once: torch.compile cannot trace a call into the binding.
 _SUPPORTED_HEAD_DIMS = tuple(_C.supported_head_dims())
 
@@ -33,14 +33,15 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     modification (`score_mod`: from flashflex.score_mods). Returns out [B, Hq, Q_LEN, D], and
     lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
     out 0 and lse -inf. return_aux=AuxRequest(lse=True) returns (out, AuxOutput(lse=...)) as in
-    torch. kernel_options: {"deterministic": bool} (backward summation order)."""
+    torch. kernel_options: {"deterministic": bool, "BACKEND": "AUTO" | "SM80" | "SM90"}
+    (flashflex._kernel_options)."""
     check_bool("enable_gqa", enable_gqa)
     check_bool("return_lse", return_lse)
     _check_tensors(query, key, value, enable_gqa)
     mask = _resolve_block_mask(block_mask, query, key)
     mod = _resolve_score_mod(score_mod, query, key)
     scale = _resolve_scale(scale, query.shape[-1])
-    deterministic = _resolve_kernel_options(kernel_options)
+    deterministic, backend = resolve_kernel_options(kernel_options)
 
     mask_tensors = [] if mask is None else mask._tensors()
     mod_tensor = mod.tensor if mod is not None else None
@@ -48,7 +49,7 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         mod_tensor = unit_inner_stride(mod_tensor)
     out, lse = attention_forward(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
                                  mask_tensors, scale, mod.kind if mod else _NONE,
-                                 mod.cap if mod else 0.0, mod_tensor, deterministic)
+                                 mod.cap if mod else 0.0, mod_tensor, deterministic, backend)
     if return_aux is not None:
         return out, _aux_output(return_aux, return_lse, lse)
     return (out, lse) if return_lse else out
@@ -157,15 +158,3 @@ def _resolve_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
-def _resolve_kernel_options(kernel_options) -> bool:
-    if kernel_options is None:
-        return False
-    if not isinstance(kernel_options, dict):
-        raise TypeError(f"kernel_options: expected a dict or None, got {type(kernel_options).__name__}")
-    ignored = sorted(k for k in kernel_options if k not in _KNOWN_KERNEL_OPTIONS)
-    if ignored:
-        warnings.warn(f"kernel_options: ignoring {ignored}; flashflex understands {list(_KNOWN_KERNEL_OPTIONS)}",
-                      stacklevel=3)
-    deterministic = kernel_options.get("deterministic", False)
-    check_bool('kernel_options["deterministic"]', deterministic)
-    return deterministic

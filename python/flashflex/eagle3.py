@@ -18,6 +18,7 @@ import torch
 from . import _C
 from ._check_args import check_bool, check_dense, check_sizes
 from ._eagle3_ops import eagle3_forward
+from ._kernel_options import resolve_kernel_options
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from .attention import _resolve_scale
 
@@ -30,15 +31,17 @@ _LENGTH_DTYPES = (torch.int32, torch.int64)
 
 def ttt_attention(q: torch.Tensor, k_blocks: Sequence[torch.Tensor], v_blocks: Sequence[torch.Tensor],
                   seq_lengths: Optional[Union[torch.Tensor, Sequence[int]]] = None, scale: Optional[float] = None,
-                  return_lse: bool = False):
+                  return_lse: bool = False, kernel_options: Optional[dict] = None):
     """EAGLE3 TTT attention of `q` [B, Hq, T, D] over `k_blocks` / `v_blocks` (lists of k + 1
     tensors [B, Hkv, T, D], same dtype and device as q; Hq a multiple of Hkv; any strides with
     innermost stride 1, so [B, T, H, D] memory seen as [B, H, T, D] works). `seq_lengths`: the
     valid length L_b of each sample (int32 / int64 tensor [B] on q's device, or a list of ints,
     each in [0, T]); None means every sample has length T, so the last k rows are invalid.
     `scale` defaults to 1 / sqrt(D). Returns out [B, Hq, T, D] in q's layout, and with
-    return_lse=True also lse float32 [B, Hq, T] (natural log; -inf on invalid rows)."""
+    return_lse=True also lse float32 [B, Hq, T] (natural log; -inf on invalid rows).
+    kernel_options: {"deterministic": bool, "BACKEND": "AUTO" | "SM80" | "SM90"} (flashflex._kernel_options)."""
     check_bool("return_lse", return_lse)
+    deterministic, backend = resolve_kernel_options(kernel_options)
     _check_query(q)
     k_blocks = _check_block_list("k_blocks", k_blocks, q)
     v_blocks = _check_block_list("v_blocks", v_blocks, q)
@@ -48,7 +51,8 @@ def ttt_attention(q: torch.Tensor, k_blocks: Sequence[torch.Tensor], v_blocks: S
     lengths = _resolve_seq_lengths(seq_lengths, q)
     scale = _resolve_scale(scale, q.shape[-1])
     out, lse = eagle3_forward(unit_inner_stride(q), [unit_inner_stride(k) for k in k_blocks],
-                              [unit_inner_stride(v) for v in v_blocks], lengths, scale)
+                              [unit_inner_stride(v) for v in v_blocks], lengths, scale, deterministic,
+                              backend)
     return (out, lse) if return_lse else out
 
 

@@ -53,9 +53,10 @@ std::size_t eagle3_forward_workspace_size(const TensorTuple& q, const TensorList
 
 void eagle3_forward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
                     const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
-                    const std::optional<TensorTuple>& lse, std::optional<double> scale, std::uintptr_t workspace,
-                    std::size_t workspace_bytes, std::uintptr_t stream) {
-  const ff::Eagle3ForwardArgs a = forward_args(q, k_blocks, v_blocks, seq_lengths, out, lse, scale);
+                    const std::optional<TensorTuple>& lse, std::optional<double> scale, int backend,
+                    std::uintptr_t workspace, std::size_t workspace_bytes, std::uintptr_t stream) {
+  ff::Eagle3ForwardArgs a = forward_args(q, k_blocks, v_blocks, seq_lengths, out, lse, scale);
+  a.backend = flashflex::binding::to_backend(backend);
   py::gil_scoped_release release;
   ff::eagle3_forward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
                      reinterpret_cast<void*>(stream));
@@ -98,9 +99,11 @@ void eagle3_backward(const TensorTuple& q, const TensorList& k_blocks, const Ten
                      const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out, const TensorTuple& dout,
                      const TensorTuple& lse, const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
                      const TensorList& dk_blocks, const TensorList& dv_blocks, std::optional<double> scale,
-                     bool deterministic, std::uintptr_t workspace, std::size_t workspace_bytes, std::uintptr_t stream) {
-  const ff::Eagle3BackwardArgs a = backward_args(q, k_blocks, v_blocks, seq_lengths, out, dout, lse, dlse, dq,
-                                                 dk_blocks, dv_blocks, scale, deterministic);
+                     bool deterministic, int backend, std::uintptr_t workspace, std::size_t workspace_bytes,
+                     std::uintptr_t stream) {
+  ff::Eagle3BackwardArgs a = backward_args(q, k_blocks, v_blocks, seq_lengths, out, dout, lse, dlse, dq, dk_blocks,
+                                           dv_blocks, scale, deterministic);
+  a.backend = flashflex::binding::to_backend(backend);
   py::gil_scoped_release release;
   ff::eagle3_backward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
                       reinterpret_cast<void*>(stream));
@@ -110,14 +113,14 @@ void eagle3_backward(const TensorTuple& q, const TensorList& k_blocks, const Ten
 
 void bind_eagle3(py::module_& mod) {
   mod.def("eagle3_forward", &eagle3_forward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
-          py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"), py::arg("workspace"),
-          py::arg("workspace_bytes"), py::arg("stream"));
+          py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"), py::arg("backend"),
+          py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
   mod.def("eagle3_forward_workspace_size", &eagle3_forward_workspace_size, py::arg("q"), py::arg("k_blocks"),
           py::arg("v_blocks"), py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"));
   mod.def("eagle3_backward", &eagle3_backward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
           py::arg("seq_lengths"), py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dlse"), py::arg("dq"),
           py::arg("dk_blocks"), py::arg("dv_blocks"), py::arg("scale"), py::arg("deterministic"),
-          py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
+          py::arg("backend"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
   mod.def("eagle3_backward_workspace_size", &eagle3_backward_workspace_size, py::arg("q"), py::arg("k_blocks"),
           py::arg("v_blocks"), py::arg("seq_lengths"), py::arg("out"), py::arg("dout"), py::arg("lse"),
           py::arg("dlse"), py::arg("dq"), py::arg("dk_blocks"), py::arg("dv_blocks"), py::arg("scale"),

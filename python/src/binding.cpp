@@ -73,7 +73,7 @@ ff::BlockMask to_mask(const MaskTuple& t) {
 
 void forward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, const TensorTuple& out,
              const std::optional<TensorTuple>& lse, std::optional<double> scale, const ModTuple& mod,
-             const std::optional<MaskTuple>& mask, std::uintptr_t stream) {
+             const std::optional<MaskTuple>& mask, int backend, std::uintptr_t stream) {
   ff::ForwardArgs a;
   a.q = to_ref(q);
   a.k = to_ref(k);
@@ -85,6 +85,7 @@ void forward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, c
   std::optional<ff::BlockMask> m;
   if (mask) m = to_mask(*mask);
   a.block_mask = m ? &*m : nullptr;
+  a.backend = flashflex::binding::to_backend(backend);
   py::gil_scoped_release release;
   ff::forward(a, {}, reinterpret_cast<void*>(stream));
 }
@@ -96,7 +97,7 @@ ff::BackwardArgs backward_args(const TensorTuple& q, const TensorTuple& k, const
                                const std::optional<TensorTuple>& dlse, const TensorTuple& dq, const TensorTuple& dk,
                                const TensorTuple& dv, const std::optional<TensorTuple>& dbias,
                                std::optional<double> scale, const ModTuple& mod,
-                               const std::optional<MaskTuple>& mask_tuple, bool deterministic,
+                               const std::optional<MaskTuple>& mask_tuple, bool deterministic, int backend,
                                std::optional<ff::BlockMask>& mask) {
   ff::BackwardArgs a;
   a.q = to_ref(q);
@@ -113,6 +114,7 @@ ff::BackwardArgs backward_args(const TensorTuple& q, const TensorTuple& k, const
   a.scale = scale;
   a.score_mod = to_mod(mod);
   a.deterministic = deterministic;
+  a.backend = flashflex::binding::to_backend(backend);
   if (mask_tuple) mask = to_mask(*mask_tuple);
   a.block_mask = mask ? &*mask : nullptr;
   return a;
@@ -124,10 +126,10 @@ std::size_t backward_workspace_size(const TensorTuple& q, const TensorTuple& k, 
                                     const TensorTuple& dk, const TensorTuple& dv,
                                     const std::optional<TensorTuple>& dbias, std::optional<double> scale,
                                     const ModTuple& mod, const std::optional<MaskTuple>& mask_tuple,
-                                    bool deterministic) {
+                                    bool deterministic, int backend) {
   std::optional<ff::BlockMask> mask;
   const ff::BackwardArgs a = backward_args(q, k, v, out, dout, lse, dlse, dq, dk, dv, dbias, scale, mod,
-                                           mask_tuple, deterministic, mask);
+                                           mask_tuple, deterministic, backend, mask);
   return ff::workspace_size(a);
 }
 
@@ -135,11 +137,11 @@ void backward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, 
               const TensorTuple& dout, const TensorTuple& lse, const std::optional<TensorTuple>& dlse,
               const TensorTuple& dq, const TensorTuple& dk, const TensorTuple& dv,
               const std::optional<TensorTuple>& dbias, std::optional<double> scale, const ModTuple& mod,
-              const std::optional<MaskTuple>& mask_tuple, bool deterministic, std::uintptr_t workspace,
+              const std::optional<MaskTuple>& mask_tuple, bool deterministic, int backend, std::uintptr_t workspace,
               std::size_t workspace_bytes, std::uintptr_t stream) {
   std::optional<ff::BlockMask> mask;
   const ff::BackwardArgs a = backward_args(q, k, v, out, dout, lse, dlse, dq, dk, dv, dbias, scale, mod,
-                                           mask_tuple, deterministic, mask);
+                                           mask_tuple, deterministic, backend, mask);
   py::gil_scoped_release release;
   ff::backward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
                reinterpret_cast<void*>(stream));
@@ -191,16 +193,19 @@ PYBIND11_MODULE(_C, mod) {
   }
   mod.attr("SCORE_MOD_KINDS") = score_mod_kinds;
   mod.def("supported_head_dims", &ff::supported_head_dims);
+  mod.attr("BACKENDS") = py::dict(py::arg("AUTO") = static_cast<int>(ff::Backend::kAuto),
+                                  py::arg("SM80") = static_cast<int>(ff::Backend::kSm80),
+                                  py::arg("SM90") = static_cast<int>(ff::Backend::kSm90));
   mod.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
-          py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("stream"));
+          py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("backend"), py::arg("stream"));
   mod.def("backward", &backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("dout"),
           py::arg("lse"), py::arg("dlse"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dbias"),
           py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("deterministic"),
-          py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
+          py::arg("backend"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
   mod.def("backward_workspace_size", &backward_workspace_size, py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dlse"), py::arg("dq"), py::arg("dk"),
           py::arg("dv"), py::arg("dbias"), py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"),
-          py::arg("deterministic"));
+          py::arg("deterministic"), py::arg("backend"));
   mod.def("has_cuda_backend", &ff::has_cuda_backend);
   bind_eagle3(mod);
   bind_block_mask_cuda(mod);

@@ -1,13 +1,15 @@
 // The tensor convention of flashflex._C: (data_ptr, dtype code, device type, device index,
-// sizes, strides), built by python/flashflex/_tensor_ref.py, and its conversion to TensorRef.
-// Shared by binding.cpp and bind_eagle3.cpp.
+// sizes, strides), built by python/flashflex/_tensor_ref.py, and its conversion to TensorRef;
+// the backend code of the calls. Shared by binding.cpp and bind_eagle3.cpp.
 #pragma once
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "flashflex/attention.hpp"
 #include "flashflex/error.hpp"
 #include "flashflex/tensor.hpp"
 
@@ -31,6 +33,15 @@ inline TensorRef to_ref(const std::optional<TensorTuple>& t) {
     r.strides[d] = strides[d];
   }
   return r;
+}
+
+// The backend code of the Python layer (flashflex._C.BACKENDS) as the C++ choice.
+inline Backend to_backend(int code) {
+  if (code < 0 || code > static_cast<int>(Backend::kSm90)) {
+    throw Error(ErrorKind::kInvalidArgument, "backend: expected a code of flashflex._C.BACKENDS (0, 1, 2), got " +
+                                                 std::to_string(code));
+  }
+  return static_cast<Backend>(code);
 }
 
 }  // namespace flashflex::binding

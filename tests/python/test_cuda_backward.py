@@ -116,7 +116,7 @@ def flashflex_backward(pb: Problem, out, lse, need_dbias=False, deterministic=Fa
     args = (tensor_ref(pb.q), tensor_ref(pb.k), tensor_ref(pb.v), tensor_ref(out), tensor_ref(pb.dout),
             tensor_ref(lse), tensor_ref(pb.dlse), tensor_ref(dq), tensor_ref(dk), tensor_ref(dv),
             tensor_ref(dbias), pb.scale, _mod_args(kind, cap, tensor), _mask_args(mask_tensors, pb.q, pb.k),
-            deterministic)
+            deterministic, _C.BACKENDS["AUTO"])
     nbytes = _C.backward_workspace_size(*args)
     # Poisoned workspace: the kernels must initialise what they read.
     workspace = torch.full((max(nbytes, 1),), 0xFF, dtype=torch.uint8, device=pb.q.device)

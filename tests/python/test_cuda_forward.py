@@ -88,9 +88,10 @@ def _check(out, lse, q, k, v, mask=None, ref_mod=None, scale=None, sdpa_mask=Non
     assert_lse_close(lse.cpu(), ref_lse)
 
 
-def _run(q, k, v, block_mask=None, score_mod=None, scale=None):
+def _run(q, k, v, block_mask=None, score_mod=None, scale=None, backend="AUTO"):
     return flashflex.flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                                    enable_gqa=q.shape[1] != k.shape[1], return_lse=True)
+                                    enable_gqa=q.shape[1] != k.shape[1], return_lse=True,
+                                    kernel_options={"BACKEND": backend})
 
 
 def _causal(q_len, kv_len, offset):
@@ -255,6 +256,50 @@ def test_bias_with_strides_and_mask(gen):
     _check(out, lse, q, k, v, mask, bias_mod(bias.double().cpu()))
 
 
+# ---- both kernel paths -------------------------------------------------------------------------
+# On compute capability 9.x the sm90 kernels serve the calls above (BACKEND "AUTO"); "SM80" forces
+# the portable kernels, so one machine checks both (the whole suite runs on either with the
+# FLASHFLEX_BACKEND environment variable, flashflex/_kernel_options.py). Elsewhere both are sm80.
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("mod", ["none", "softcap"])
+def test_forced_sm80_path(head_dim, mod, gen):
+    q, k, v = _inputs(gen, 2, 4, 2, 239, 300, head_dim, torch.bfloat16)
+    block_mask, mask = _causal(239, 300, 300 - 239)
+    if mod == "softcap":
+        out, lse = _run(q, k, v, block_mask, flashflex.score_mods.softcap(5.0), scale=0.5, backend="SM80")
+        _check(out, lse, q, k, v, mask, softcap_mod(5.0), scale=0.5)
+    else:
+        out, lse = _run(q, k, v, block_mask, backend="SM80")
+        _check(out, lse, q, k, v, mask)
+
+
+def test_both_paths_agree(gen):
+    # Both paths round P to bf16 before P @ V from the same fp32 statistics: they agree to a few
+    # ulp of the output and exactly on empty rows.
+    q, k, v = _inputs(gen, 1, 8, 2, 1030, 1030, 128, torch.bfloat16)
+    block_mask, _ = _causal(1030, 1030, -200)
+    default = _run(q, k, v, block_mask)
+    forced = _run(q, k, v, block_mask, backend="SM80")
+    assert torch.equal(torch.isneginf(default[1]), torch.isneginf(forced[1]))
+    magnitude = forced[0].float().abs().max().item()
+    assert (default[0].float() - forced[0].float()).abs().max().item() <= 4 * ULP[torch.bfloat16] * magnitude
+    finite = torch.isfinite(forced[1])
+    assert (default[1][finite] - forced[1][finite]).abs().max().item() <= 1e-4
+
+
+def test_sm90_backend_where_it_runs(gen):
+    # "SM90" runs on Hopper and is a clear error elsewhere, never a silent fallback.
+    q, k, v = _inputs(gen, 1, 2, 2, 200, 200, 128, torch.bfloat16)
+    block_mask, mask = _causal(200, 200, 0)
+    if torch.cuda.get_device_capability()[0] == 9:
+        out, lse = _run(q, k, v, block_mask, backend="SM90")
+        _check(out, lse, q, k, v, mask)
+    else:
+        with pytest.raises(NotImplementedError, match="backend: the sm90 kernels need compute capability 9.x"):
+            _run(q, k, v, block_mask, backend="SM90")
+
+
 # ---- direct binding with poisoned outputs, errors ----------------------------------------------
 
 @pytest.mark.parametrize("layout", ["bhtd", "bthd"])
@@ -267,7 +312,7 @@ def test_poisoned_outputs_are_overwritten(layout, gen):
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device="cuda")
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), None,
-               (0, 0.0, None, None), block_mask._native_args(), stream_of(q))
+               (0, 0.0, None, None), block_mask._native_args(), _C.BACKENDS["AUTO"], stream_of(q))
     torch.cuda.synchronize()
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     _check(out, lse, q, k, v, mask)

@@ -173,7 +173,7 @@ def native_forward(q, k_blocks, v_blocks, lengths, scale):
             tensor_ref(lengths), tensor_ref(out), tensor_ref(lse), scale)
     nbytes = _C.eagle3_forward_workspace_size(*args)
     ws = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
-    _C.eagle3_forward(*args, ws.data_ptr(), nbytes, stream_of(q))
+    _C.eagle3_forward(*args, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
     return out, lse
 
 
@@ -186,7 +186,7 @@ def native_backward(q, k_blocks, v_blocks, lengths, out, dout, lse, dlse, scale,
             tensor_ref(dq), [tensor_ref(t) for t in dks], [tensor_ref(t) for t in dvs], scale, deterministic)
     nbytes = _C.eagle3_backward_workspace_size(*args)
     ws = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
-    _C.eagle3_backward(*args, ws.data_ptr(), nbytes, stream_of(q))
+    _C.eagle3_backward(*args, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
     return [dq, *dks, *dvs]
 
 

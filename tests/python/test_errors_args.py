@@ -83,7 +83,7 @@ def test_query_batch_past_the_index_limit(gen):
 def test_custom_op_called_directly_checks_sizes_before_allocating(gen):
     _, k, v = _qkv(gen)
     with pytest.raises(ValueError, match=r"^q: expected Q_LEN <= 2147483520 .* got 2147483648$"):
-        torch.ops.flashflex.fwd(_expanded(2**31), k, v, [], 0.125, 0, 0.0, None, False)
+        torch.ops.flashflex.fwd(_expanded(2**31), k, v, [], 0.125, 0, 0.0, None, False, 0)
 
 
 # ---- flex_attention: torch BlockMask lists -------------------------------------------------
