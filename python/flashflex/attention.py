@@ -13,7 +13,7 @@ import torch
 from . import _C
 from ._ops import attention_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
-from .block_mask import BlockMask, from_torch_cached
+from .block_mask import BlockMask
 from .score_mods import _NONE, SUPPORTED, ScoreMod
 
 __all__ = ["flex_attention"]
@@ -102,7 +102,8 @@ def _resolve_block_mask(block_mask, query, key) -> Optional[BlockMask]:
         if not isinstance(block_mask, TorchBlockMask):
             raise TypeError(f"block_mask: expected a flashflex.BlockMask, a torch BlockMask or None, got "
                             f"{type(block_mask).__name__}")
-        block_mask = from_torch_cached(block_mask)
+        # Converted on every call (under torch.compile, inside the graph): never stale.
+        block_mask = BlockMask.from_torch(block_mask, batch=query.shape[0], heads=query.shape[1])
     b, h, q_len, kv_len = block_mask.shape
     if (q_len, kv_len) != (query.shape[2], key.shape[2]):
         raise ValueError(f"block_mask: expected seq_lengths {(query.shape[2], key.shape[2])} (as query and key), "

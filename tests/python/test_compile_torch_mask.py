@@ -1,0 +1,105 @@
+"""torch BlockMasks made per step by torch's create_block_mask and passed as an argument to
+torch.compile(flashflex.flex_attention): the TorchSpec pattern (a new EAGLE3 mask every TTT step,
+keys of all steps concatenated). Under dynamic=False, the default dynamic mode and
+fullgraph=True: forward and backward equal the float64 reference, no graph break (fullgraph
+raises on one), and a second unroll with new masks of the same shapes compiles nothing new."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.nn.attention.flex_attention import create_block_mask as torch_create_block_mask
+
+import flashflex
+from dense_reference import dense_attention, dense_mask
+from helpers import TOL, assert_close, randn
+
+BATCH, HQ, HKV, T, HEAD_DIM, STEPS = 2, 4, 2, 200, 64, 3
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def generate_eagle3_mask(seq_lengths: torch.Tensor, q_len: int):
+    """The trainers' mask_mod over [K_0 | ... | K_k], lengths already reduced by the step."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        causal = (q_idx >= kv_idx) & (kv_idx < seq_lengths[b]) & (q_idx < seq_lengths[b])
+        suffix = (kv_idx >= q_len) & (kv_idx % q_len < seq_lengths[b]) & ((kv_idx - q_idx) % q_len == 0)
+        return causal | suffix
+    return mask_mod
+
+
+def _unroll(attend, gen, seq_lengths):
+    """One TTT unroll; returns [(out, grads, reference out, reference grads)] per step."""
+    results = []
+    keys, values = [], []
+    for step in range(STEPS):
+        q = randn(gen, BATCH, HQ, T, HEAD_DIM).requires_grad_()
+        keys.append(randn(gen, BATCH, HKV, T, HEAD_DIM))
+        values.append(randn(gen, BATCH, HKV, T, HEAD_DIM))
+        k = torch.cat(keys, dim=2).requires_grad_()
+        v = torch.cat(values, dim=2).requires_grad_()
+        mask_mod = generate_eagle3_mask(seq_lengths - step, T)
+        block_mask = torch_create_block_mask(mask_mod, BATCH, 1, T, k.shape[2], device="cpu")
+        out = attend(q, k, v, block_mask=block_mask, enable_gqa=True)
+        dout = randn(gen, *out.shape)
+        (out * dout).sum().backward()
+
+        q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+        ref, _ = dense_attention(q64, k64, v64, dense_mask(mask_mod, BATCH, 1, T, k.shape[2]))
+        (ref * dout.double()).sum().backward()
+        results.append((out, (q.grad, k.grad, v.grad), ref, (q64.grad, k64.grad, v64.grad)))
+    return results
+
+
+def _check(results):
+    for step, (out, grads, ref, ref_grads) in enumerate(results):
+        assert_close(out, ref, TOL[torch.float32], f"out of step {step}")
+        for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
+            assert_close(got, want, TOL[torch.float32], f"{name} of step {step}")
+
+
+@pytest.mark.parametrize("dynamic", [False, None], ids=["static", "default-dynamic"])
+def test_new_torch_mask_per_step_compiles_once_per_shape(dynamic, gen):
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(flashflex.flex_attention, dynamic=dynamic, fullgraph=True, backend=counter)
+    _check(_unroll(compiled, gen, torch.tensor([T, T - 57])))
+    compiled_first = counter.frame_count
+    assert 1 <= compiled_first <= STEPS
+    # New masks (new closures, new length tensors), same shapes: nothing recompiles.
+    _check(_unroll(compiled, gen, torch.tensor([T - 31, T - 90])))
+    assert counter.frame_count == compiled_first, "a new mask of the same shape recompiled"
+
+
+def test_inductor_compiles_the_conversion(gen):
+    """The conversion in fused kernels (inductor), one step, forward only: the partial-tile
+    evaluation has no data-dependent shape, so nothing falls back or breaks the graph."""
+    compiled = torch.compile(flashflex.flex_attention, dynamic=False, fullgraph=True)
+    q = randn(gen, BATCH, HQ, T, HEAD_DIM)
+    k, v = randn(gen, BATCH, HKV, 2 * T, HEAD_DIM), randn(gen, BATCH, HKV, 2 * T, HEAD_DIM)
+    mask_mod = generate_eagle3_mask(torch.tensor([T - 1, T - 70]), T)
+    block_mask = torch_create_block_mask(mask_mod, BATCH, 1, T, 2 * T, device="cpu")
+    out = compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
+    ref, _ = dense_attention(q.double(), k.double(), v.double(), dense_mask(mask_mod, BATCH, 1, T, 2 * T))
+    assert_close(out, ref, TOL[torch.float32], "out")
+
+
+def test_traced_and_eager_conversions_agree(gen):
+    """The compiled conversion (every list slot evaluated, static shapes) and the eager one
+    (valid slots only) describe the same mask."""
+    mask_mod = generate_eagle3_mask(torch.tensor([T - 3, T - 100]), T)
+    block_mask = torch_create_block_mask(mask_mod, BATCH, 1, T, 3 * T, device="cpu")
+    traced = torch.compile(lambda m: flashflex.BlockMask.from_torch(m)._tensors(), fullgraph=True,
+                           backend="aot_eager")(block_mask)
+    eager = flashflex.BlockMask.from_torch(block_mask)
+    rebuilt = flashflex.BlockMask(eager.seq_lengths, *traced)
+    assert torch.equal(rebuilt.to_dense_elements(), eager.to_dense_elements())
+    assert torch.equal(rebuilt.to_dense_elements(), dense_mask(mask_mod, BATCH, 1, T, 3 * T))
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
+        assert torch.equal(getattr(rebuilt, name), getattr(eager, name)), name
