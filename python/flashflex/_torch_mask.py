@@ -102,7 +102,7 @@ def ordered(grid: torch.Tensor):
     selected columns first, ascending, the rest after them (unused)."""
     cols = grid.shape[-1]
     key = (~grid).to(torch.int64) * cols + torch.arange(cols, device=grid.device)
-    return grid.sum(-1).to(torch.int32), key.argsort(-1).to(torch.int32)
+    return grid.sum(-1).to(torch.int32).contiguous(), key.argsort(-1).to(torch.int32).contiguous()
 
 
 def transpose_lists(counts: torch.Tensor, indices: torch.Tensor, nk: int):

@@ -31,7 +31,9 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     modification (`score_mod`: from flashflex.score_mods). Returns out [B, Hq, Q_LEN, D], and
     lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
     out 0 and lse -inf. return_aux=AuxRequest(lse=True) returns (out, AuxOutput(lse=...)) as in
-    torch. kernel_options: {"deterministic": bool} (backward summation order)."""
+    torch. kernel_options: {"deterministic": bool} (backward summation order). Under autocast,
+    query / key / value are first cast to the autocast dtype, as torch's flex_attention does."""
+    query, key, value = _autocast_inputs(query, key, value)
     _check_tensors(query, key, value, enable_gqa)
     mask = _resolve_block_mask(block_mask, query, key)
     mod = _resolve_score_mod(score_mod, query, key)
@@ -48,6 +50,24 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     if return_aux is not None:
         return out, _aux_output(return_aux, return_lse, lse)
     return (out, lse) if return_lse else out
+
+
+def _autocast_inputs(query, key, value):
+    """torch's flex_attention casts q / k / v to the autocast dtype (floating, not float64, on the
+    autocast device); the custom ops have no autocast rule of their own."""
+    if not isinstance(query, torch.Tensor) or query.device.type not in ("cpu", "cuda"):
+        return query, key, value
+    device_type = query.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        eligible = (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                    and t.device.type == device_type)
+        return t.to(dtype) if eligible else t
+
+    return cast(query), cast(key), cast(value)
 
 
 def _aux_output(request, return_lse: bool, lse: torch.Tensor):

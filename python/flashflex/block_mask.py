@@ -224,7 +224,7 @@ class BlockMask:
         """The mask of sample b, head h alone (B = H = 1), sharing the bitmaps."""
         bb = b if self.shape[0] > 1 else 0
         hh = h if self.shape[1] > 1 else 0
-        lists = [t[bb:bb + 1, hh:hh + 1] for t in self._tensors()[:-1]]
+        lists = [t[bb:bb + 1, hh:hh + 1].contiguous() for t in self._tensors()[:-1]]
         return BlockMask(self.seq_lengths, *lists, self.bitmaps, mask_mod=self.mask_mod)
 
     def _without_full_tiles(self) -> "BlockMask":
@@ -249,6 +249,8 @@ class BlockMask:
             if not isinstance(t, torch.Tensor) or t.dtype != torch.int32:
                 raise TypeError(f"BlockMask.{name}: expected an int32 tensor, got "
                                 f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if not t.is_contiguous():  # the kernels read them by pointer, row-major
+                raise ValueError(f"BlockMask.{name}: expected a contiguous tensor, got strides {t.stride()}")
         mq, nk = _num_tiles(self.seq_lengths[0]), _num_tiles(self.seq_lengths[1])
         b, h = self.kv_num_blocks.shape[:2]
         expected = {"kv_num_blocks": (b, h, mq), "kv_indices": (b, h, mq, nk), "full_kv_num_blocks": (b, h, mq),
