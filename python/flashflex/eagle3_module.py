@@ -59,8 +59,8 @@ class Eagle3Attention(nn.Module):
     """EAGLE3 draft attention over flashflex.eagle3.ttt_attention (module docstring: the call
     conventions). forward(hidden_states [B, T, 2 * hidden_size], cache_hidden=None,
     attention_mask=None ([B, T], 1 on valid tokens: lengths attention_mask.sum(-1), NOT reduced
-    by the step), position_ids=None ([B, T] or [1, T]; None: 0..T-1), past_key_values /
-    output_attentions (accepted and unused, as upstream's flex path), use_cache, *, ttt_step,
+    by the step), position_ids=None ([B, T] or [1, T]; None: 0..T-1), past_key_values (must be
+    None), output_attentions / use_cache (accepted, unused), *, ttt_step,
     seq_lengths (instead of attention_mask: int tensor [B] or list), cache_keys, cache_values)."""
 
     def __init__(self, config):
@@ -95,6 +95,10 @@ class Eagle3Attention(nn.Module):
                 ttt_step: Optional[int] = None, seq_lengths: Optional[Union[torch.Tensor, Sequence[int]]] = None,
                 cache_keys=_UNSET, cache_values=_UNSET):
         functional = cache_keys is not _UNSET or cache_values is not _UNSET
+        if past_key_values is not None:  # never silently ignore a cache the caller relies on
+            raise ValueError(f"past_key_values: expected None (the TTT steps live in cache_hidden = [keys, values] "
+                             f"lists, as SpecForge's sdpa backend passes them, or in cache_keys / cache_values), got "
+                             f"{type(past_key_values).__name__}")
         if functional and cache_hidden is not None:
             raise ValueError("cache_hidden: expected either cache_hidden or cache_keys / cache_values, got both")
         self._check_hidden(hidden_states)

@@ -230,6 +230,8 @@ def test_bad_inputs():
         attn(x, cache_hidden, torch.ones(2, 1, 10, 10))
     with pytest.raises(ValueError, match="either attention_mask or seq_lengths"):
         attn(x, cache_hidden, torch.ones(2, 10), seq_lengths=[10, 10])
+    with pytest.raises(ValueError, match="past_key_values: expected None"):
+        attn(x, cache_hidden, past_key_values=object())
     assert [len(c) for c in cache_hidden] == [1, 1]  # failed calls changed nothing
     with pytest.raises(ValueError, match="num_key_value_heads"):
         Eagle3Attention(config(hidden=32, heads=3, kv_heads=2))
