@@ -54,7 +54,7 @@ def convert(torch_mask, batch: Optional[int] = None, heads: Optional[int] = None
 
     kv_lists = [_expand(t, b, h) for t in (counts, _pad_width(indices, nk), full_counts, _pad_width(full_indices, nk))]
     q_lists = _q_lists(torch_mask, kv_lists, mq, nk, b, h)
-    ids, bitmaps = _partial_tiles(mask_mod, kv_lists[0], kv_lists[1], q_len, kv_len)
+    ids, bitmaps = _partial_tiles(mask_mod, kv_lists[0], _expand(indices, b, h), nk, q_len, kv_len)
     lists = [t.to(torch.int32).contiguous() for t in kv_lists + q_lists]
     return (q_len, kv_len), lists + [ids, bitmaps], mask_mod
 
@@ -116,20 +116,21 @@ def full_tile_bitmaps(tiles: torch.Tensor, q_len: int, kv_len: int) -> torch.Ten
     return _tile_bitmaps(None, tiles[:, 0], tiles[:, 1], tiles[:, 2], tiles[:, 3], q_len, kv_len)
 
 
-def _partial_tiles(mask_mod, counts: torch.Tensor, indices: torch.Tensor, q_len: int, kv_len: int):
-    """(partial_tile_ids [B, H, Mq, Nk] int32, bitmaps [P, 128, 4] int32) of the partial lists."""
-    b, h, mq, nk = indices.shape
+def _partial_tiles(mask_mod, counts: torch.Tensor, indices: torch.Tensor, nk: int, q_len: int, kv_len: int):
+    """(partial_tile_ids [B, H, Mq, Nk] int32, bitmaps [P, 128, 4] int32) of the partial lists
+    (indices [B, H, Mq, W] as torch gave them: W slots per row bound the partial tiles)."""
+    b, h, mq, width = indices.shape
     device = indices.device
-    valid = torch.arange(nk, device=device) < counts[..., None]                        # [b, h, mq, nk] slots
+    valid = torch.arange(width, device=device) < counts[..., None]                     # [b, h, mq, W] slots
     cols = indices.long().clamp(0, nk - 1)
-    coords = [torch.arange(s, device=device).view(shape).expand(b, h, mq, nk)
+    coords = [torch.arange(s, device=device).view(shape).expand(b, h, mq, width)
               for s, shape in ((b, (-1, 1, 1, 1)), (h, (1, -1, 1, 1)), (mq, (1, 1, -1, 1)))] + [cols]
     if torch.compiler.is_compiling():
-        slot_ids = torch.arange(b * h * mq * nk, device=device, dtype=torch.int32).view(b, h, mq, nk)
+        slot_ids = torch.arange(b * h * mq * width, device=device, dtype=torch.int32).view(b, h, mq, width)
         bitmaps = _tile_bitmaps(mask_mod, *(c.reshape(-1) for c in coords), q_len, kv_len)
     else:
         flat_valid = valid.reshape(-1)
-        slot_ids = (flat_valid.cumsum(0) - 1).to(torch.int32).view(b, h, mq, nk)
+        slot_ids = (flat_valid.cumsum(0) - 1).to(torch.int32).view(b, h, mq, width)
         chosen = flat_valid.nonzero().squeeze(1)
         selected = [c.reshape(-1)[chosen] for c in coords]
         bitmaps = torch.zeros((chosen.shape[0], TILE, WORDS_PER_ROW), dtype=torch.int32, device=device)

@@ -103,3 +103,25 @@ def test_traced_and_eager_conversions_agree(gen):
     assert torch.equal(rebuilt.to_dense_elements(), dense_mask(mask_mod, BATCH, 1, T, 3 * T))
     for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
         assert torch.equal(getattr(rebuilt, name), getattr(eager, name)), name
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_narrow_lists_from_kv_blocks(mode, gen):
+    """A torch BlockMask made by hand with lists narrower than the kv-tiles (from_kv_blocks):
+    the width, 2 here, bounds the tiles evaluated; the result is the mask_mod's."""
+    from torch.nn.attention.flex_attention import BlockMask as TorchBlockMask
+    t = 512
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (kv_idx > q_idx - 60)
+    counts = torch.tensor([[[1, 2, 2, 2]]], dtype=torch.int32)
+    indices = torch.tensor([[[[0, 0], [0, 1], [1, 2], [2, 3]]]], dtype=torch.int32)
+    # compute_q_blocks=False: torch cannot transpose lists narrower than the kv-tiles; flashflex does.
+    block_mask = TorchBlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=128, mask_mod=mask_mod, seq_lengths=(t, t),
+                                               compute_q_blocks=False)
+    attend = flashflex.flex_attention
+    if mode == "compiled":
+        attend = torch.compile(attend, fullgraph=True, backend="aot_eager")
+    q, k, v = (randn(gen, 1, 2, t, HEAD_DIM) for _ in range(3))
+    ref, _ = dense_attention(q.double(), k.double(), v.double(), dense_mask(mask_mod, 1, 1, t, t))
+    assert_close(attend(q, k, v, block_mask=block_mask), ref, TOL[torch.float32], "out")
