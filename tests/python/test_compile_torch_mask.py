@@ -14,6 +14,7 @@ from torch.nn.attention.flex_attention import create_block_mask as torch_create_
 
 import flashflex
 from dense_reference import dense_attention, dense_mask
+from eagle3_reference import generate_eagle3_mask
 from helpers import TOL, assert_close, randn
 
 BATCH, HQ, HKV, T, HEAD_DIM, STEPS = 2, 4, 2, 200, 64, 3
@@ -26,15 +27,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def generate_eagle3_mask(seq_lengths: torch.Tensor, q_len: int):
-    """The trainers' mask_mod over [K_0 | ... | K_k], lengths already reduced by the step."""
-    def mask_mod(b, h, q_idx, kv_idx):
-        causal = (q_idx >= kv_idx) & (kv_idx < seq_lengths[b]) & (q_idx < seq_lengths[b])
-        suffix = (kv_idx >= q_len) & (kv_idx % q_len < seq_lengths[b]) & ((kv_idx - q_idx) % q_len == 0)
-        return causal | suffix
-    return mask_mod
-
-
 def _unroll(attend, gen, seq_lengths):
     """One TTT unroll; returns [(out, grads, reference out, reference grads)] per step."""
     results = []
@@ -45,7 +37,7 @@ def _unroll(attend, gen, seq_lengths):
         values.append(randn(gen, BATCH, HKV, T, HEAD_DIM))
         k = torch.cat(keys, dim=2).requires_grad_()
         v = torch.cat(values, dim=2).requires_grad_()
-        mask_mod = generate_eagle3_mask(seq_lengths - step, T)
+        mask_mod = generate_eagle3_mask(seq_lengths - step, T, k.shape[2])
         block_mask = torch_create_block_mask(mask_mod, BATCH, 1, T, k.shape[2], device="cpu")
         out = attend(q, k, v, block_mask=block_mask, enable_gqa=True)
         dout = randn(gen, *out.shape)
@@ -83,7 +75,7 @@ def test_inductor_compiles_the_conversion(gen):
     compiled = torch.compile(flashflex.flex_attention, dynamic=False, fullgraph=True)
     q = randn(gen, BATCH, HQ, T, HEAD_DIM)
     k, v = randn(gen, BATCH, HKV, 2 * T, HEAD_DIM), randn(gen, BATCH, HKV, 2 * T, HEAD_DIM)
-    mask_mod = generate_eagle3_mask(torch.tensor([T - 1, T - 70]), T)
+    mask_mod = generate_eagle3_mask(torch.tensor([T - 1, T - 70]), T, 2 * T)
     block_mask = torch_create_block_mask(mask_mod, BATCH, 1, T, 2 * T, device="cpu")
     out = compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
     ref, _ = dense_attention(q.double(), k.double(), v.double(), dense_mask(mask_mod, BATCH, 1, T, 2 * T))
@@ -93,7 +85,7 @@ def test_inductor_compiles_the_conversion(gen):
 def test_traced_and_eager_conversions_agree(gen):
     """The compiled conversion (every list slot evaluated, static shapes) and the eager one
     (valid slots only) describe the same mask."""
-    mask_mod = generate_eagle3_mask(torch.tensor([T - 3, T - 100]), T)
+    mask_mod = generate_eagle3_mask(torch.tensor([T - 3, T - 100]), T, 3 * T)
     block_mask = torch_create_block_mask(mask_mod, BATCH, 1, T, 3 * T, device="cpu")
     traced = torch.compile(lambda m: flashflex.BlockMask.from_torch(m)._tensors(), fullgraph=True,
                            backend="aot_eager")(block_mask)
