@@ -148,7 +148,9 @@ def _tile_bitmaps(mask_mod: Optional[Callable], b, h, m, n, q_len: int, kv_len: 
     Nested vmaps give mask_mod scalar-shaped indices, as torch's create_block_mask does; points
     past Q_LEN / KV_LEN are clamped into range (a mask_mod indexing its own tables stays in
     bounds) and then hidden."""
-    offsets = torch.arange(TILE, device=m.device)
+    # int32 indices, as torch's kernels give mask_mods (int64 arithmetic is slower on GPUs).
+    b, h, m, n = (x.to(torch.int32) for x in (b, h, m, n))
+    offsets = torch.arange(TILE, device=m.device, dtype=torch.int32)
     q = m[:, None] * TILE + offsets                                                  # [P, 128]
     kv = n[:, None] * TILE + offsets                                                 # [P, 128]
     fn = mask_mod if mask_mod is not None else _all_visible
@@ -165,12 +167,12 @@ def _all_visible(b, h, q_idx, kv_idx):
 
 
 def pack_bits(visible: torch.Tensor) -> torch.Tensor:
-    """bool [n, 128, 128] -> int32 [n, 128, 4]; bit c % 32 of word c // 32."""
+    """bool [n, 128, 128] -> int32 [n, 128, 4]; bit c % 32 of word c // 32. The 32 bits of a word
+    are distinct powers of two, so their int32 sum is their OR (bit 31 is INT32_MIN: no carry)."""
     n = visible.shape[0]
-    weights = torch.bitwise_left_shift(torch.ones(32, dtype=torch.int64, device=visible.device),
-                                       torch.arange(32, device=visible.device))
-    words = (visible.reshape(n, TILE, WORDS_PER_ROW, 32).to(torch.int64) * weights).sum(-1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    shifts = torch.arange(32, dtype=torch.int32, device=visible.device)
+    bits = torch.bitwise_left_shift(visible.reshape(n, TILE, WORDS_PER_ROW, 32).to(torch.int32), shifts)
+    return bits.sum(-1, dtype=torch.int32)
 
 
 def unpack_bits(bitmaps: torch.Tensor) -> torch.Tensor:
