@@ -4,10 +4,12 @@ kernels do, a mask built broadcast (B or H = None) whose mask_mod reads b or h i
 real sample / head of the query inside its partial blocks (its block lists stay b = 0 / h = 0's).
 
 Two schedules of the same evaluation (`_tile_bitmaps`):
-- traced (torch.compile): every slot of the partial lists is evaluated, valid or not, so every
-  shape is static (P = B * H * Mq * W slots, W the lists' width: an upper bound read from the
-  index tensor shapes). No nonzero, no data-dependent size, no graph break; the evaluation
-  compiles into fused kernels. Slot p's bitmap is bitmaps[p].
+- traced (torch.compile): static shapes throughout. The P = B * H * Mq * W slots of the partial
+  lists (W their width: the bound the index tensor shapes give) each own a bitmap row; when at
+  most a budget of slots are valid (2 * (Mq + Nk) per sample and head: every structured mask),
+  only they are evaluated, compacted into that many rows, else every slot is (torch.cond picks,
+  on the device-side count). No nonzero, no data-dependent size, no graph break; the
+  evaluation compiles into fused kernels.
 - eager: only the valid slots are evaluated (compacted with nonzero), in chunks.
 Nothing is cached: a captured tensor updated in place or a reassigned mask_mod is seen by the
 next call. Convert once with BlockMask.from_torch to reuse a conversion across calls."""
@@ -24,6 +26,11 @@ TILE = _C.TILE_SIZE
 WORDS_PER_ROW = TILE // 32
 # Partial tiles whose mask_mod is evaluated at once on the eager path (each costs 16K points).
 _EVAL_CHUNK_TILES = 64
+# Traced path: partial tiles per sample and head evaluated without the every-slot fallback, per
+# q-tile plus kv-tile. Structured masks stay below it: a causal or sliding band has ~1-2 partial
+# tiles per q-tile, an EAGLE3 step k one per q-tile and block (two when T is not a multiple of
+# 128) plus one row and one column at the length edge: 2 * (Mq + (k + 1) * Mq) at most.
+_PARTIAL_BUDGET = 2
 
 
 def num_tiles(length: int) -> int:
@@ -127,7 +134,8 @@ def _partial_tiles(mask_mod, counts: torch.Tensor, indices: torch.Tensor, nk: in
               for s, shape in ((b, (-1, 1, 1, 1)), (h, (1, -1, 1, 1)), (mq, (1, 1, -1, 1)))] + [cols]
     if torch.compiler.is_compiling():
         slot_ids = torch.arange(b * h * mq * width, device=device, dtype=torch.int32).view(b, h, mq, width)
-        bitmaps = _tile_bitmaps(mask_mod, *(c.reshape(-1) for c in coords), q_len, kv_len)
+        bitmaps = _traced_bitmaps(mask_mod, torch.stack([c.reshape(-1) for c in coords], 1), valid.reshape(-1),
+                                  b * h * _PARTIAL_BUDGET * (mq + nk), q_len, kv_len)
     else:
         flat_valid = valid.reshape(-1)
         slot_ids = (flat_valid.cumsum(0) - 1).to(torch.int32).view(b, h, mq, width)
@@ -141,6 +149,34 @@ def _partial_tiles(mask_mod, counts: torch.Tensor, indices: torch.Tensor, nk: in
     ids = torch.full((b, h, mq, nk + 1), -1, dtype=torch.int32, device=device)
     ids = ids.scatter(-1, torch.where(valid, cols, nk), torch.where(valid, slot_ids, -1))[..., :nk]
     return ids.contiguous(), bitmaps
+
+
+def _traced_bitmaps(mask_mod, coords: torch.Tensor, valid: torch.Tensor, budget: int, q_len: int, kv_len: int):
+    """Bitmaps [P, 128, 4] of the P slots (coords [P, 4] = (b, h, m, n), valid [P]) with static
+    shapes. When at most `budget` slots are valid (torch.cond on the device-side count), only
+    they are evaluated: compacted into `budget` rows by a cumsum and a scatter, their bitmaps
+    scattered back to their slots (the other rows stay 0: no list refers to them). Otherwise,
+    and when the slots are no more than the budget anyway, every slot is evaluated."""
+    num_slots = coords.shape[0]
+
+    def every_slot(coords, valid):
+        return _tile_bitmaps(mask_mod, *coords.unbind(1), q_len, kv_len)
+
+    if num_slots <= budget:
+        return every_slot(coords, valid)
+
+    def valid_slots_only(coords, valid):
+        rank = valid.to(torch.int64).cumsum(0) - 1
+        target = torch.where(valid, rank, budget)  # invalid slots land in a discarded row
+        # Rows past the valid count keep slot 0: evaluated again and written with equal bits.
+        slots = torch.zeros(budget + 1, dtype=torch.int64, device=coords.device).scatter(
+            0, target, torch.arange(num_slots, device=coords.device))[:budget]
+        chosen = coords[slots]
+        bits = _tile_bitmaps(mask_mod, *chosen.unbind(1), q_len, kv_len)
+        empty = torch.zeros((num_slots, TILE, WORDS_PER_ROW), dtype=torch.int32, device=coords.device)
+        return empty.index_put((slots,), bits)
+
+    return torch.cond(valid.sum() <= budget, valid_slots_only, every_slot, (coords, valid))
 
 
 def _tile_bitmaps(mask_mod: Optional[Callable], b, h, m, n, q_len: int, kv_len: int) -> torch.Tensor:

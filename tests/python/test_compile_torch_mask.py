@@ -70,16 +70,43 @@ def test_new_torch_mask_per_step_compiles_once_per_shape(dynamic, gen):
 
 
 def test_inductor_compiles_the_conversion(gen):
-    """The conversion in fused kernels (inductor), one step, forward only: the partial-tile
-    evaluation has no data-dependent shape, so nothing falls back or breaks the graph."""
+    """The conversion in fused kernels (inductor), one step, forward only: no data-dependent
+    shape, so nothing falls back or breaks the graph. T = 1024 gives more list slots (256) than
+    the budget of evaluated tiles (96): the torch.cond of the traced path is compiled too."""
+    t = 1024
     compiled = torch.compile(flashflex.flex_attention, dynamic=False, fullgraph=True)
-    q = randn(gen, BATCH, HQ, T, HEAD_DIM)
-    k, v = randn(gen, BATCH, HKV, 2 * T, HEAD_DIM), randn(gen, BATCH, HKV, 2 * T, HEAD_DIM)
-    mask_mod = generate_eagle3_mask(torch.tensor([T - 1, T - 70]), T, 2 * T)
-    block_mask = torch_create_block_mask(mask_mod, BATCH, 1, T, 2 * T, device="cpu")
+    q = randn(gen, BATCH, HQ, t, HEAD_DIM)
+    k, v = randn(gen, BATCH, HKV, 2 * t, HEAD_DIM), randn(gen, BATCH, HKV, 2 * t, HEAD_DIM)
+    mask_mod = generate_eagle3_mask(torch.tensor([t - 1, t - 170]), t, 2 * t)
+    block_mask = torch_create_block_mask(mask_mod, BATCH, 1, t, 2 * t, device="cpu")
     out = compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
-    ref, _ = dense_attention(q.double(), k.double(), v.double(), dense_mask(mask_mod, BATCH, 1, T, 2 * T))
+    ref, _ = dense_attention(q.double(), k.double(), v.double(), dense_mask(mask_mod, BATCH, 1, t, 2 * t))
     assert_close(out, ref, TOL[torch.float32], "out")
+
+
+@pytest.mark.parametrize("kind", ["structured", "random"])
+def test_traced_conversion_within_and_past_the_budget(kind, gen):
+    """T = 1024, 3 blocks: 2 x 8 x 24 = 384 list slots against a budget of 2 * (8 + 24) = 64
+    evaluated tiles per sample. The EAGLE3 mask (about 40 partial tiles per sample) is evaluated
+    on its valid slots only; a random mask (every tile partial) on every slot. Both equal the
+    eager conversion and the dense mask."""
+    t, batch = 1024, 2
+    if kind == "structured":
+        mask_mod = generate_eagle3_mask(torch.tensor([t - 2, t - 333]), t, 3 * t)
+    else:
+        table = torch.rand(batch, t, 3 * t, generator=gen) < 0.5
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return table[b, q_idx, kv_idx]
+    block_mask = torch_create_block_mask(mask_mod, batch, 1, t, 3 * t, device="cpu")
+    traced = torch.compile(lambda m: flashflex.BlockMask.from_torch(m)._tensors(), fullgraph=True,
+                           backend="aot_eager")(block_mask)
+    eager = flashflex.BlockMask.from_torch(block_mask)
+    partial = int(eager.kv_num_blocks.sum())
+    assert (partial <= batch * 64) == (kind == "structured"), partial
+    rebuilt = flashflex.BlockMask(eager.seq_lengths, *traced)
+    assert torch.equal(rebuilt.to_dense_elements(), dense_mask(mask_mod, batch, 1, t, 3 * t))
+    assert torch.equal(rebuilt.to_dense_elements(), eager.to_dense_elements())
 
 
 def test_traced_and_eager_conversions_agree(gen):
