@@ -6,7 +6,8 @@ real sample / head of the query inside its partial blocks (its block lists stay 
 Two schedules of the same evaluation (`_tile_bitmaps`):
 - traced (torch.compile): static shapes throughout. The P = B * H * Mq * W slots of the partial
   lists (W their width: the bound the index tensor shapes give) each own a bitmap row; when at
-  most a budget of slots are valid (2 * (Mq + Nk) per sample and head: every structured mask),
+  most a budget of slots are valid (2 * (Mq + Nk) per sample and head: above bands, documents
+  and EAGLE3 steps),
   only they are evaluated, compacted into that many rows, else every slot is (torch.cond picks,
   on the device-side count). No nonzero, no data-dependent size, no graph break; the
   evaluation compiles into fused kernels.
