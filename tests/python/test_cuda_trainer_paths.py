@@ -82,17 +82,18 @@ def test_learnable_alibi_slopes_on_cuda(gen):
 
 
 def test_bf16_eagle3_module_on_cuda_matches_float32(gen):
-    """model.to(bf16) on the GPU, 3 TTT steps at T = 4096 (the trainers' cast): outputs and
-    parameter gradients within bf16 rounding of the float32 module run on the CPU."""
+    """model.to(bf16) on the GPU, 2 TTT steps at T = 4096 (the trainers' cast): outputs and
+    parameter gradients within bf16 rounding of the float32 module run on the CPU (small heads:
+    the CPU reference path stays affordable)."""
     torch.manual_seed(0)
-    attn = Eagle3Attention(Eagle3Config(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=128,
+    attn = Eagle3Attention(Eagle3Config(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
                                         max_position_embeddings=8192))
     ref = copy.deepcopy(attn)
     attn.to("cuda", BF16)
-    x = torch.randn(1, 4096, 512, generator=gen)
+    x = torch.randn(1, 4096, 128, generator=gen)
     mask = torch.ones(1, 4096, dtype=torch.int64)
     cache, ref_cache = [[], []], [[], []]
-    for step in range(3):
+    for step in range(2):
         out = attn(x.to("cuda", BF16), cache, mask.cuda())
         ref_out = ref(x, ref_cache, mask)
         assert_close(out.float().cpu(), ref_out, 3e-2, f"output of step {step}")
