@@ -17,7 +17,8 @@ drop-in per call (BlockMask.from_torch compiled alone) against the whole compile
 flashflex.flex_attention call, per step, at each --conversion-seq-lens.
 
     python bench/torchspec_layer.py [--seq-len 8192] [--iters 10] [--warmup 2] [--dynamic default|static]
-                                    [--conversion-seq-lens 8192,16384] [--out FILE.md]
+                                    [--conversion-seq-lens 8192,16384] [--parts timing,errors,conversion]
+                                    [--out FILE.md]
 
 Default output on a GPU: bench/results/<gpu>_torchspec_layer.md (<gpu> from the device name).
 Without a GPU, --device cpu runs a tiny smoke test (float32 weights, aot_eager, no table file)."""
@@ -312,6 +313,8 @@ def main(argv=None):
     parser.add_argument("--dynamic", choices=["default", "static"], default="default")
     parser.add_argument("--conversion-seq-lens", default="8192,16384")
     parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--parts", default="timing,errors,conversion",
+                        help="which measurements to run (each part in its own processes); a skipped one shows n/a")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -324,9 +327,10 @@ def main(argv=None):
             json.dump(result, f)
         return 0
     args.passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    timings = {impl: spawn(impl, args) for impl in args.impls.split(",")}
-    errors = spawn("errors", args)
-    conversion = spawn("conversion", args)
+    parts = args.parts.split(",")
+    timings = {impl: spawn(impl, args) for impl in args.impls.split(",")} if "timing" in parts else {}
+    errors = spawn("errors", args) if "errors" in parts else {}
+    conversion = spawn("conversion", args) if "conversion" in parts else []
     out = args.out
     if out is None and args.device == "cuda":
         tag = re.sub(r"[^a-z0-9]+", "", torch.cuda.get_device_name().lower().replace("nvidia", "").split()[0])
