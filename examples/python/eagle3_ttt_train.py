@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flashflex.eagle3_module import Eagle3Attention
+from flashflex.eagle3_module import Eagle3Attention, Eagle3Config
 
 
 def generate_eagle3_mask(seq_lengths: torch.Tensor, q_len: int):
@@ -100,19 +100,20 @@ class TinyDraft(nn.Module):
     def __init__(self, attn_cls, vocab: int, hidden: int, heads: int, kv_heads: int, head_dim: int):
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab, hidden)
-        self.self_attn = attn_cls(hidden, heads, kv_heads, head_dim, max_position_embeddings=4096)
+        config = Eagle3Config(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                              head_dim=head_dim, max_position_embeddings=4096)
+        self.self_attn = attn_cls(config)
         self.lm_head = nn.Linear(hidden, vocab, bias=False)
 
     def forward(self, input_ids, hidden, targets, seq_lengths: torch.Tensor, ttt_length: int) -> List[torch.Tensor]:
         """Per-step losses of one TTT unroll (the caches live only for this batch)."""
         bsz, seq_len = input_ids.shape
         position_ids = torch.arange(seq_len, device=input_ids.device)[None, :].expand(bsz, seq_len)
-        cache_keys: list = []
-        cache_values: list = []
+        cache_hidden: list = [[], []]  # [keys, values] of the earlier steps (SpecForge's convention)
         losses = []
         for step in range(ttt_length):
             x = torch.cat([self.embed_tokens(input_ids), hidden], dim=-1)
-            hidden = hidden + self.self_attn(x, cache_keys, cache_values, position_ids, seq_lengths)
+            hidden = hidden + self.self_attn(x, cache_hidden, position_ids=position_ids, seq_lengths=seq_lengths)
             logits = self.lm_head(hidden).float()
             valid = torch.arange(seq_len, device=input_ids.device)[None, :] < (seq_lengths - step)[:, None]
             loss = F.cross_entropy(logits[valid], targets[valid]) if valid.any() else logits.sum() * 0

@@ -13,7 +13,7 @@ from torch import Tensor
 from . import _C
 from ._check_args import check_sizes
 from ._tensor_ref import device_code, stream_of, tensor_ref, unit_inner_stride
-from .score_mods import _BIAS
+from .score_mods import _ALIBI, _BIAS
 
 
 def _mask_args(mask_tensors: List[Tensor], q: Tensor, k: Tensor):
@@ -97,12 +97,31 @@ def _backward(ctx, dout, dlse):
     q, k, v, out, lse, mod_tensor, *mask_tensors = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
+    no_mask_grads = [None] * len(mask_tensors)  # autograd expects the inputs' structure, list included
+    if ctx.mod_kind == _ALIBI and ctx.needs_input_grad[7]:
+        dq, dk, dv, dslopes = _alibi_backward(ctx, dout, dlse, q, k, v, out, lse, mod_tensor, mask_tensors)
+        return dq, dk, dv, no_mask_grads, None, None, None, dslopes, None, None
     need_dbias = ctx.mod_kind == _BIAS and ctx.needs_input_grad[7]
     dq, dk, dv, dbias = attention_backward(dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale,
                                            ctx.mod_kind, ctx.cap, mod_tensor, need_dbias, ctx.deterministic,
                                            ctx.backend)
-    no_mask_grads = [None] * len(mask_tensors)  # autograd expects the inputs' structure, list included
     return dq, dk, dv, no_mask_grads, None, None, None, dbias if need_dbias else None, None, None
+
+
+def _alibi_backward(ctx, dout, dlse, q, k, v, out, lse, slopes, mask_tensors):
+    """Learnable ALiBi slopes: the kernels have no slope reduction, so the backward runs as the
+    equal additive bias slopes[h] * (kv_idx - q_idx) (the same float32 products the kernels
+    add), whose gradient dS gives d slopes[h] = sum over b, q, kv of dS * (kv_idx - q_idx).
+    Correct on every backend; it materialises a float32 [1, Hq, Q_LEN, KV_LEN] bias and its
+    gradient (a native row reduction in the kernels would avoid both)."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    distance = (torch.arange(kv_len, device=q.device)[None, :]
+                - torch.arange(q_len, device=q.device)[:, None]).to(torch.float32)  # [Q_LEN, KV_LEN]
+    bias = (slopes.to(torch.float32)[:, None, None] * distance)[None]               # [1, Hq, Q_LEN, KV_LEN]
+    dq, dk, dv, dbias = attention_backward(dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale, _BIAS, 0.0,
+                                           bias, True, ctx.deterministic, ctx.backend)
+    dslopes = (dbias[0] * distance).sum(dim=(-2, -1))
+    return dq, dk, dv, dslopes.to(slopes.dtype)
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -110,18 +110,19 @@ def _check_list(name: str, counts, indices, rows: int, cols: int, what: str) -> 
         if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"block_mask.{field}: expected an integer tensor, got "
                             f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if indices.dim() != 4 or tuple(indices.shape[-2:]) != (rows, cols):
-        raise ValueError(f"block_mask.{name}: expected shape [B, H, {rows}, {cols}] ({what}), got "
+    if indices.dim() != 4 or indices.shape[-2] != rows or indices.shape[-1] > cols:
+        raise ValueError(f"block_mask.{name}: expected shape [B, H, {rows}, <= {cols}] ({what}), got "
                          f"{tuple(indices.shape)}")
+    width = indices.shape[-1]  # torch may keep fewer columns than tiles
     if tuple(counts.shape) != tuple(indices.shape[:3]):
         raise ValueError(f"block_mask.{count_name}: expected shape {tuple(indices.shape[:3])} (as {name}), got "
                          f"{tuple(counts.shape)}")
-    bad_counts = (counts < 0) | (counts > cols)
+    bad_counts = (counts < 0) | (counts > width)
     if bool(bad_counts.any()):
         where = tuple(int(i) for i in bad_counts.nonzero()[0])
-        raise ValueError(f"block_mask.{count_name}: expected counts in [0, {cols}] ({what}), got "
+        raise ValueError(f"block_mask.{count_name}: expected counts in [0, {width}] ({what}), got "
                          f"{int(counts[where])} at {list(where)}")
-    listed = torch.arange(cols, device=indices.device) < counts[..., None]
+    listed = torch.arange(width, device=indices.device) < counts[..., None]
     bad = listed & ((indices < 0) | (indices >= cols))
     if bool(bad.any()):
         where = tuple(int(i) for i in bad.nonzero()[0])

@@ -16,7 +16,7 @@ from ._check_args import check_bool, check_dense, check_sizes
 from ._kernel_options import resolve_kernel_options
 from ._ops import attention_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
-from .block_mask import BlockMask, from_torch_cached
+from .block_mask import BlockMask
 from .score_mods import _NONE, SUPPORTED, ScoreMod
 
 __all__ = ["flex_attention"]
@@ -34,9 +34,11 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
     out 0 and lse -inf. return_aux=AuxRequest(lse=True) returns (out, AuxOutput(lse=...)) as in
     torch. kernel_options: {"deterministic": bool, "BACKEND": "AUTO" | "SM80" | "SM90"}
-    (flashflex._kernel_options)."""
+    (flashflex._kernel_options). Under autocast, query / key / value are first cast to the autocast
+    dtype, as torch's flex_attention does."""
     check_bool("enable_gqa", enable_gqa)
     check_bool("return_lse", return_lse)
+    query, key, value = _autocast_inputs(query, key, value)
     _check_tensors(query, key, value, enable_gqa)
     mask = _resolve_block_mask(block_mask, query, key)
     mod = _resolve_score_mod(score_mod, query, key)
@@ -53,6 +55,24 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     if return_aux is not None:
         return out, _aux_output(return_aux, return_lse, lse)
     return (out, lse) if return_lse else out
+
+
+def _autocast_inputs(query, key, value):
+    """torch's flex_attention casts q / k / v to the autocast dtype (floating, not float64, on the
+    autocast device); the custom ops have no autocast rule of their own."""
+    if not isinstance(query, torch.Tensor) or query.device.type not in ("cpu", "cuda"):
+        return query, key, value
+    device_type = query.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        eligible = (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                    and t.device.type == device_type)
+        return t.to(dtype) if eligible else t
+
+    return cast(query), cast(key), cast(value)
 
 
 def _aux_output(request, return_lse: bool, lse: torch.Tensor):
@@ -109,7 +129,8 @@ def _resolve_block_mask(block_mask, query, key) -> Optional[BlockMask]:
         if not isinstance(block_mask, TorchBlockMask):
             raise TypeError(f"block_mask: expected a flashflex.BlockMask, a torch BlockMask or None, got "
                             f"{type(block_mask).__name__}")
-        block_mask = from_torch_cached(block_mask)
+        # Converted on every call (under torch.compile, inside the graph): never stale.
+        block_mask = BlockMask.from_torch(block_mask, batch=query.shape[0], heads=query.shape[1])
     b, h, q_len, kv_len = block_mask.shape
     if (q_len, kv_len) != (query.shape[2], key.shape[2]):
         raise ValueError(f"block_mask: expected seq_lengths {(query.shape[2], key.shape[2])} (as query and key), "

@@ -1,32 +1,26 @@
 """flashflex.BlockMask: the tile lists and partial-tile bitmaps every backend consumes
 (layout: include/flashflex/block_mask.hpp), built from a built-in mask (C++ builders), from a
-torch BlockMask (its lists reused, its mask_mod evaluated inside its partial tiles only), or from
-any torch-style mask_mod (through torch's create_block_mask)."""
+torch BlockMask (its lists reused, its mask_mod evaluated inside its partial tiles only:
+_torch_mask.py), or from any torch-style mask_mod (through torch's create_block_mask). It also
+offers torch's BlockMask surface (numel, as_tuple, _adjust, to_string, indexing, block-level
+to_dense), so code written against torch's class runs on it."""
 
 from __future__ import annotations
 
-import weakref
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
-from . import _C
+from . import _C, _torch_mask
 from ._png import write_png
 from ._validate_block_mask import check_create_args, check_torch_block_mask
+from ._torch_mask import TILE, WORDS_PER_ROW as _WORDS_PER_ROW, num_tiles as _num_tiles
 from .masks import Mask
 
 __all__ = ["BlockMask", "create_block_mask"]
 
-TILE = _C.TILE_SIZE
-_WORDS_PER_ROW = TILE // 32
 _LIST_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
                 "q_indices", "full_q_num_blocks", "full_q_indices")
-# Partial tiles whose mask_mod is evaluated at once (each costs 16K index points).
-_EVAL_CHUNK_TILES = 64
-
-
-def _num_tiles(length: int) -> int:
-    return (length + TILE - 1) // TILE
 
 
 class BlockMask:
@@ -59,42 +53,17 @@ class BlockMask:
     # ---- construction ------------------------------------------------------------------
 
     @classmethod
-    def from_torch(cls, block_mask) -> "BlockMask":
-        """Converts a torch.nn.attention.flex_attention.BlockMask with 128 x 128 blocks. Its lists
-        are reused as they are; its mask_mod is evaluated only inside its partial blocks. As in
-        torch, a mask built with B or H = None must not depend on b or h."""
-        block_size = tuple(block_mask.BLOCK_SIZE)
-        if block_size != cls.BLOCK_SIZE:
-            raise ValueError(f"block_mask: expected BLOCK_SIZE {cls.BLOCK_SIZE} (flashflex tiles are {TILE} x "
-                             f"{TILE}), got {block_size}; build it with create_block_mask(..., BLOCK_SIZE={TILE})")
-        check_torch_block_mask(block_mask)
-        q_len, kv_len = block_mask.seq_lengths
-        counts = block_mask.kv_num_blocks
-        indices = block_mask.kv_indices
-        if indices.shape[-2:] != (_num_tiles(q_len), _num_tiles(kv_len)):
-            raise ValueError(f"block_mask: expected kv_indices of {_num_tiles(q_len)} x {_num_tiles(kv_len)} tiles for "
-                             f"seq_lengths {(q_len, kv_len)}, got {tuple(indices.shape[-2:])}")
-        full_counts = block_mask.full_kv_num_blocks
-        full_indices = block_mask.full_kv_indices
-        if full_counts is None:  # torch: no full lists means every listed block runs the mask_mod
-            full_counts = torch.zeros_like(counts)
-            full_indices = torch.zeros_like(indices)
-        q_counts, q_indices = block_mask.q_num_blocks, block_mask.q_indices
-        if q_counts is None:
-            q_counts, q_indices = _transpose_lists(counts, indices)
-        full_q_counts, full_q_indices = block_mask.full_q_num_blocks, block_mask.full_q_indices
-        if full_q_counts is None:
-            full_q_counts, full_q_indices = _transpose_lists(full_counts, full_indices)
-
-        tiles = _list_entries(counts, indices)  # [P, 4]: (b, h, m, n) of each partial tile
-        ids = torch.full(indices.shape, -1, dtype=torch.int32, device=indices.device)
-        ids[tiles[:, 0], tiles[:, 1], tiles[:, 2], tiles[:, 3]] = torch.arange(
-            tiles.shape[0], dtype=torch.int32, device=indices.device)
-        mask_mod = block_mask.mask_mod
-        bitmaps = _evaluate_bitmaps(mask_mod, tiles, q_len, kv_len)
-        lists = [counts, indices, full_counts, full_indices, q_counts, q_indices, full_q_counts, full_q_indices]
-        lists = [t.to(torch.int32).contiguous() for t in lists]
-        return cls((q_len, kv_len), *lists, ids, bitmaps, mask_mod=mask_mod)
+    def from_torch(cls, block_mask, batch: Optional[int] = None, heads: Optional[int] = None) -> "BlockMask":
+        """Converts a torch.nn.attention.flex_attention.BlockMask with 128 x 128 blocks: its lists
+        reused, its mask_mod evaluated inside its partial blocks. With batch / heads (the
+        query's), a mask built with B or H = None whose mask_mod reads b or h is evaluated per
+        real sample / head inside its partial blocks, as torch's kernels do. Under torch.compile
+        the conversion has static shapes and compiles with the call. Nothing is cached: convert
+        once and pass the result to reuse a conversion across calls."""
+        if not torch.compiler.is_compiling():  # value checks read the lists: eager calls only
+            check_torch_block_mask(block_mask)
+        seq_lengths, tensors, mask_mod = _torch_mask.convert(block_mask, batch, heads)
+        return cls(seq_lengths, *tensors, mask_mod=mask_mod)
 
     @classmethod
     def _from_native(cls, native: "_C.HostBlockMask", mask_mod: Callable, device) -> "BlockMask":
@@ -130,20 +99,11 @@ class BlockMask:
             arrays.append(buffer[offset:offset + 4 * numel].view(torch.int32).view(shape))
         return cls((q_len, kv_len), *arrays, mask_mod=mask)
 
-    # ---- what the binding reads --------------------------------------------------------
-
-    def _native_args(self) -> Tuple:
-        from ._tensor_ref import device_code
-        b, h, _, _ = self.shape
-        device_type, device_index = device_code(self.kv_indices.device)
-        arrays = [getattr(self, f) for f in _LIST_FIELDS] + [self.partial_tile_ids, self.bitmaps]
-        return (b, h, self.seq_lengths[0], self.seq_lengths[1], self.bitmaps.shape[0], device_type, device_index,
-                [a.data_ptr() for a in arrays])
-
     def _tensors(self):
+        """The ten int32 tensors the custom ops take (_ops._mask_args reads them)."""
         return [getattr(self, f) for f in _LIST_FIELDS] + [self.partial_tile_ids, self.bitmaps]
 
-    # ---- inspection --------------------------------------------------------------------
+    # ---- torch's BlockMask surface -----------------------------------------------------
 
     @property
     def shape(self) -> Tuple[int, int, int, int]:
@@ -158,12 +118,62 @@ class BlockMask:
         moved = [t.to(device) for t in self._tensors()]
         return BlockMask(self.seq_lengths, *moved, mask_mod=self.mask_mod)
 
+    def numel(self) -> int:
+        """B * H * Q_LEN * KV_LEN, as torch's BlockMask.numel."""
+        b, h, q_len, kv_len = self.shape
+        return b * h * q_len * kv_len
+
     def sparsity(self) -> float:
         """Percentage of tiles skipped (neither partial nor full), as torch's BlockMask reports it."""
         b, h, mq = self.kv_num_blocks.shape
         total = b * h * mq * self.kv_indices.shape[-1]
         computed = int(self.kv_num_blocks.sum()) + int(self.full_kv_num_blocks.sum())
         return 100.0 * (1.0 - computed / total)
+
+    def to_torch(self):
+        """The torch BlockMask with the same lists (sharing their tensors) and mask_mod; the
+        bitmaps, flashflex's own, are not part of it."""
+        from torch.nn.attention.flex_attention import BlockMask as TorchBlockMask, noop_mask
+        lists = [getattr(self, f) for f in _LIST_FIELDS]
+        return TorchBlockMask(self.seq_lengths, *lists, self.BLOCK_SIZE,
+                              self.mask_mod if self.mask_mod is not None else noop_mask)
+
+    def as_tuple(self, flatten: bool = True) -> tuple:
+        """torch's BlockMask.as_tuple (same fields, same order) of this mask's lists."""
+        return self.to_torch().as_tuple(flatten)
+
+    def to_dense(self) -> torch.Tensor:
+        """int32 [B, H, Mq, Nk]: 1 where a tile is computed (partial or full), as torch's
+        BlockMask.to_dense (block level). The element-level mask is to_dense_elements()."""
+        return self.to_torch().to_dense()
+
+    def to_string(self, grid_size=(20, 20), limit: int = 4) -> str:
+        """torch's block-level text rendering of this mask's tiles."""
+        return self.to_torch().to_string(grid_size, limit)
+
+    def __getitem__(self, index) -> "BlockMask":
+        """The mask of some samples / heads: index is (batch[, head]), each an int, a slice or an
+        index tensor; an int keeps its dimension (as torch). The bitmaps are shared; mask_mod is
+        dropped (its b / h no longer match, as torch's sliced masks). Every q-tile is kept:
+        flashflex's lists cover the whole query."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > 2:
+            raise NotImplementedError(f"BlockMask[...]: expected (batch[, head]) indices, got {len(index)}; "
+                                      f"flashflex masks keep every q-tile, slice batch and heads only")
+        sizes = self.kv_num_blocks.shape[:2]
+        padded = tuple(index) + (slice(None),) * (2 - len(index))
+        index = tuple((slice(i % n, i % n + 1) if isinstance(i, int) else i) for i, n in zip(padded, sizes))
+        lists = [t[index] for t in self._tensors()[:-1]]
+        return BlockMask(self.seq_lengths, *[t.contiguous() for t in lists], self.bitmaps, mask_mod=None)
+
+    def _adjust(self, new_q_len: int, new_kv_len: int) -> "BlockMask":
+        """The same mask_mod over new sequence lengths (torch: BlockMask._adjust), built again:
+        flashflex's bitmaps and edge tiles depend on the lengths."""
+        if self.mask_mod is None:
+            raise ValueError("BlockMask._adjust: expected a BlockMask with its mask_mod, got one without (sliced with "
+                             "[]); build it again with create_block_mask")
+        b, h = self.shape[:2]
+        return create_block_mask(self.mask_mod, b, h, new_q_len, new_kv_len, device=self.device)
 
     def __str__(self) -> str:
         b, h, q_len, kv_len = self.shape
@@ -176,18 +186,16 @@ class BlockMask:
 
     __repr__ = __str__
 
+    # ---- flashflex's own inspection ------------------------------------------------------
+
     def tile_states(self) -> torch.Tensor:
         """int8 [B, H, Mq, Nk]: 0 empty, 1 partial, 2 full."""
-        b, h, mq = self.kv_num_blocks.shape
         nk = self.kv_indices.shape[-1]
-        states = torch.zeros((b, h, mq, nk), dtype=torch.int8, device=self.device)
-        for counts, indices, value in ((self.kv_num_blocks, self.kv_indices, 1),
-                                       (self.full_kv_num_blocks, self.full_kv_indices, 2)):
-            e = _list_entries(counts, indices)
-            states[e[:, 0], e[:, 1], e[:, 2], e[:, 3]] = value
-        return states
+        full = _torch_mask.list_grid(self.full_kv_num_blocks, self.full_kv_indices, nk)
+        partial = _torch_mask.list_grid(self.kv_num_blocks, self.kv_indices, nk)
+        return torch.where(full, 2, partial.to(torch.int8)).to(torch.int8)
 
-    def to_dense(self) -> torch.Tensor:
+    def to_dense_elements(self) -> torch.Tensor:
         """bool [B, H, Q_LEN, KV_LEN]: the element-level mask (for inspection of small masks)."""
         b, h, q_len, kv_len = self.shape
         mq, nk = self.kv_indices.shape[-2:]
@@ -196,7 +204,8 @@ class BlockMask:
         partial = (self.partial_tile_ids >= 0).nonzero()
         if partial.shape[0]:
             ids = self.partial_tile_ids[partial[:, 0], partial[:, 1], partial[:, 2], partial[:, 3]].long()
-            tiles[partial[:, 0], partial[:, 1], partial[:, 2], partial[:, 3]] = _unpack_bits(self.bitmaps[ids])
+            tiles[partial[:, 0], partial[:, 1], partial[:, 2], partial[:, 3]] = _torch_mask.unpack_bits(
+                self.bitmaps[ids])
         dense = tiles.permute(0, 1, 2, 4, 3, 5).reshape(b, h, mq * TILE, nk * TILE)
         return dense[:, :, :q_len, :kv_len]
 
@@ -206,7 +215,7 @@ class BlockMask:
         _, _, q_len, kv_len = self.shape
         states = self.tile_states()[b if self.shape[0] > 1 else 0, h if self.shape[1] > 1 else 0]
         if max(q_len, kv_len) <= max_pixels:
-            visible = self._select(b, h).to_dense()[0, 0]
+            visible = self._select(b, h).to_dense_elements()[0, 0]
             in_full = (states == 2).repeat_interleave(TILE, 0).repeat_interleave(TILE, 1)[:q_len, :kv_len]
             image = torch.where(visible, torch.where(in_full, 2, 1), 0).to(torch.uint8)
         else:
@@ -218,8 +227,24 @@ class BlockMask:
         """The mask of sample b, head h alone (B = H = 1), sharing the bitmaps."""
         bb = b if self.shape[0] > 1 else 0
         hh = h if self.shape[1] > 1 else 0
-        lists = [t[bb:bb + 1, hh:hh + 1] for t in self._tensors()[:-1]]
+        lists = [t[bb:bb + 1, hh:hh + 1].contiguous() for t in self._tensors()[:-1]]
         return BlockMask(self.seq_lengths, *lists, self.bitmaps, mask_mod=self.mask_mod)
+
+    def _without_full_tiles(self) -> "BlockMask":
+        """Every computed tile listed as partial (torch: separate_full_blocks=False): each full
+        tile gets an all-visible bitmap appended after the existing ones."""
+        b, h, mq, nk = self.partial_tile_ids.shape
+        full = _torch_mask.list_grid(self.full_kv_num_blocks, self.full_kv_indices, nk)
+        computed = full | (self.partial_tile_ids >= 0)
+        rank = full.reshape(-1).cumsum(0).view(full.shape) - 1
+        ids = torch.where(full, self.bitmaps.shape[0] + rank, self.partial_tile_ids.long()).to(torch.int32)
+        new_bitmaps = _torch_mask.full_tile_bitmaps(full.nonzero(), *self.seq_lengths)
+        counts, indices = _torch_mask.ordered(computed)
+        q_counts, q_indices = _torch_mask.ordered(computed.transpose(-1, -2))
+        zeros = [torch.zeros_like(counts), torch.zeros_like(indices), torch.zeros_like(q_counts),
+                 torch.zeros_like(q_indices)]
+        return BlockMask(self.seq_lengths, counts, indices, zeros[0], zeros[1], q_counts, q_indices, zeros[2],
+                         zeros[3], ids.contiguous(), torch.cat([self.bitmaps, new_bitmaps]), mask_mod=self.mask_mod)
 
     def _check_layout(self) -> None:
         for name in _LIST_FIELDS + ("partial_tile_ids", "bitmaps"):
@@ -227,6 +252,8 @@ class BlockMask:
             if not isinstance(t, torch.Tensor) or t.dtype != torch.int32:
                 raise TypeError(f"BlockMask.{name}: expected an int32 tensor, got "
                                 f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if not t.is_contiguous():  # the kernels read them by pointer, row-major
+                raise ValueError(f"BlockMask.{name}: expected a contiguous tensor, got strides {t.stride()}")
         mq, nk = _num_tiles(self.seq_lengths[0]), _num_tiles(self.seq_lengths[1])
         b, h = self.kv_num_blocks.shape[:2]
         expected = {"kv_num_blocks": (b, h, mq), "kv_indices": (b, h, mq, nk), "full_kv_num_blocks": (b, h, mq),
@@ -243,14 +270,27 @@ class BlockMask:
                              f"{tuple(self.bitmaps.shape)}")
 
 
-def create_block_mask(mask_mod, B: Optional[int], H: Optional[int], Q_LEN: int, KV_LEN: int,
-                      device="cpu") -> BlockMask:
-    """A BlockMask for `mask_mod`: a flashflex.masks.Mask goes through the C++ builders (no dense
-    evaluation; on a CUDA device the GPU builder, on torch's current stream, with bitmaps room for an
-    upper bound of partial tiles, CUDA-graph capturable for masks without per-sample data); any other torch-style mask_mod (b, h, q_idx, kv_idx) -> bool goes through torch's
-    create_block_mask, and its partial tiles are then evaluated once more for their bitmaps.
-    B or H = None builds a mask shared by every sample / head."""
+def create_block_mask(mask_mod, B: Optional[int], H: Optional[int], Q_LEN: int, KV_LEN: int, device="cpu",
+                      BLOCK_SIZE=TILE, separate_full_blocks: bool = True) -> BlockMask:
+    """A BlockMask for `mask_mod`, with torch's create_block_mask signature: a flashflex.masks.Mask
+    goes through the C++ builders (no dense evaluation; on a CUDA device the GPU builder, on
+    torch's current stream, with bitmaps room for an upper bound of partial tiles, CUDA-graph
+    capturable for masks without per-sample data); any other torch-style mask_mod
+    (b, h, q_idx, kv_idx) -> bool goes through torch's create_block_mask, and its partial tiles
+    are then evaluated once more for their bitmaps. B or H = None builds a mask shared by every
+    sample / head. BLOCK_SIZE must be 128 (or (128, 128)): flashflex's tiles. With
+    separate_full_blocks=False every computed tile is listed as partial (torch's meaning)."""
     check_create_args(mask_mod, B, H, Q_LEN, KV_LEN, device)
+    if BLOCK_SIZE not in (TILE, (TILE, TILE), [TILE, TILE]):
+        raise ValueError(f"BLOCK_SIZE: expected {TILE} or ({TILE}, {TILE}) (flashflex tiles are {TILE} x {TILE}), "
+                         f"got {BLOCK_SIZE!r}")
+    if not isinstance(separate_full_blocks, bool):
+        raise TypeError(f"separate_full_blocks: expected a bool, got {type(separate_full_blocks).__name__}")
+    mask = _create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device)
+    return mask if separate_full_blocks else mask._without_full_tiles()
+
+
+def _create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device) -> BlockMask:
     batch = 1 if B is None else int(B)
     heads = 1 if H is None else int(H)
     if isinstance(mask_mod, Mask):
@@ -268,88 +308,3 @@ def create_block_mask(mask_mod, B: Optional[int], H: Optional[int], Q_LEN: int, 
     from torch.nn.attention.flex_attention import create_block_mask as torch_create_block_mask
     torch_mask = torch_create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device=device, BLOCK_SIZE=TILE)
     return BlockMask.from_torch(torch_mask)
-
-
-# Conversions of torch BlockMasks already seen by flex_attention, keyed by id with a weak
-# reference guarding against id reuse: converting evaluates the mask_mod, do it once per mask.
-_TORCH_MASK_CACHE: Dict[int, Tuple["weakref.ref", BlockMask]] = {}
-
-
-def from_torch_cached(block_mask) -> BlockMask:
-    key = id(block_mask)
-    hit = _TORCH_MASK_CACHE.get(key)
-    if hit is not None and hit[0]() is block_mask:
-        return hit[1]
-    converted = BlockMask.from_torch(block_mask)
-    try:
-        ref = weakref.ref(block_mask, lambda _: _TORCH_MASK_CACHE.pop(key, None))
-    except TypeError:  # not weak-referenceable: do not cache
-        return converted
-    _TORCH_MASK_CACHE[key] = (ref, converted)
-    return converted
-
-
-# ---- helpers ---------------------------------------------------------------------------------
-
-def _list_entries(counts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """[E, 4] (b, h, row, index) of the valid entries of one tile list, in list order."""
-    positions = torch.arange(indices.shape[-1], device=indices.device)
-    valid = positions < counts[..., None]
-    entries = valid.nonzero()
-    cols = indices[entries[:, 0], entries[:, 1], entries[:, 2], entries[:, 3]].long()
-    return torch.stack([entries[:, 0], entries[:, 1], entries[:, 2], cols], dim=1)
-
-
-def _transpose_lists(counts: torch.Tensor, indices: torch.Tensor):
-    """The q-direction lists (per kv-tile, ascending q-tiles) of kv-direction lists."""
-    b, h, mq, nk = indices.shape
-    e = _list_entries(counts, indices)
-    dense = torch.zeros((b, h, nk, mq), dtype=torch.bool, device=indices.device)
-    dense[e[:, 0], e[:, 1], e[:, 3], e[:, 2]] = True
-    t_counts = dense.sum(-1).to(torch.int32)
-    # Stable order: selected q-tiles first, ascending; the rest after them (unused).
-    key = (~dense).to(torch.int64) * mq + torch.arange(mq, device=indices.device)
-    return t_counts, key.argsort(-1).to(torch.int32)
-
-
-def _evaluate_bitmaps(mask_mod: Optional[Callable], tiles: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
-    """Packs mask_mod over the in-range elements of each partial tile into [P, 128, 4] int32."""
-    device = tiles.device
-    bitmaps = torch.zeros((tiles.shape[0], TILE, _WORDS_PER_ROW), dtype=torch.int32, device=device)
-    offsets = torch.arange(TILE, device=device)
-    fn = torch.vmap(mask_mod if mask_mod is not None else _all_visible)
-    for start in range(0, tiles.shape[0], _EVAL_CHUNK_TILES):
-        chunk = tiles[start:start + _EVAL_CHUNK_TILES]
-        n = chunk.shape[0]
-        q = chunk[:, 2, None, None] * TILE + offsets[None, :, None]     # [n, 128, 1]
-        kv = chunk[:, 3, None, None] * TILE + offsets[None, None, :]    # [n, 1, 128]
-        in_range = (q < q_len) & (kv < kv_len)                          # [n, 128, 128]
-        shape = (n, TILE, TILE)
-        b = chunk[:, 0, None, None].expand(shape).reshape(-1)
-        h = chunk[:, 1, None, None].expand(shape).reshape(-1)
-        # Out-of-range points are clamped so a mask_mod indexing its own tables stays in bounds.
-        qq = q.clamp(max=q_len - 1).expand(shape).reshape(-1)
-        kk = kv.clamp(max=kv_len - 1).expand(shape).reshape(-1)
-        visible = fn(b, h, qq, kk).reshape(shape).to(torch.bool) & in_range
-        bitmaps[start:start + n] = _pack_bits(visible)
-    return bitmaps
-
-
-def _all_visible(b, h, q_idx, kv_idx):
-    return torch.ones_like(q_idx, dtype=torch.bool)
-
-
-def _pack_bits(visible: torch.Tensor) -> torch.Tensor:
-    """bool [n, 128, 128] -> int32 [n, 128, 4]; bit c % 32 of word c // 32."""
-    n = visible.shape[0]
-    weights = torch.bitwise_left_shift(torch.ones(32, dtype=torch.int64, device=visible.device),
-                                       torch.arange(32, device=visible.device))
-    words = (visible.reshape(n, TILE, _WORDS_PER_ROW, 32).to(torch.int64) * weights).sum(-1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-
-
-def _unpack_bits(bitmaps: torch.Tensor) -> torch.Tensor:
-    """int32 [n, 128, 4] -> bool [n, 128, 128]."""
-    shifts = torch.arange(32, device=bitmaps.device, dtype=torch.int32)
-    bits = torch.bitwise_right_shift(bitmaps[..., None], shifts) & 1
-    return bits.reshape(bitmaps.shape[0], TILE, TILE).to(torch.bool)
