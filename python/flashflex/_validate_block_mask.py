@@ -132,6 +132,10 @@ def _check_list(name: str, counts, indices, rows: int, cols: int, what: str) -> 
 
 def check_torch_block_mask(block_mask) -> None:
     """The tile lists a torch BlockMask brings (the kv lists, and the q lists where present)."""
+    block_size = tuple(block_mask.BLOCK_SIZE)
+    if block_size != (_TILE, _TILE):
+        raise ValueError(f"block_mask: expected BLOCK_SIZE {(_TILE, _TILE)} (flashflex tiles are {_TILE} x {_TILE}), "
+                         f"got {block_size}; build it with create_block_mask(..., BLOCK_SIZE={_TILE})")
     q_len, kv_len = (int(n) for n in block_mask.seq_lengths)
     mq, nk = _num_tiles(q_len), _num_tiles(kv_len)
     kv_what = f"the {nk} kv tiles of KV_LEN {kv_len}"
