@@ -31,7 +31,8 @@ _aten = torch.ops.aten
 # Operations a varying (input-dependent) value may go through besides torch's pointwise-tagged ones.
 _EXTRA_ELEMENTWISE = {_aten.floor_divide.default, _aten._to_copy.default, _aten.alias.default,
                       _aten.detach.default, _aten.clone.default, _aten.scalar_tensor.default,
-                      _aten.lift_fresh_copy.default}
+                      _aten.lift_fresh_copy.default, _aten.full_like.default, _aten.zeros_like.default,
+                      _aten.ones_like.default}
 
 
 @dataclass
@@ -53,16 +54,21 @@ class ScoreModGraph:
         return {name: t.requires_grad for name, t in self.tensors.items()}
 
 
+_VALUE_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+                torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.numpy}
+
+
 class _TraceMode(TorchFunctionMode):
     """t[i, j] with tensor or int indices -> aten.index(t, [i, j]): a 0-d index tensor would
-    otherwise be read as a Python int (a data-dependent select). Also records the captured
-    tensors used by a computation that runs at trace time (no traced operand, e.g. w.exp()[h] or
-    w[0].item()): its result is baked into the graph as a constant."""
+    otherwise be read as a Python int (a data-dependent select). Also notes whether the callable
+    read a tensor's value into Python (w[0].item(): computed from captured tensors only, so it
+    succeeds, and the number is baked into the graph), with the real tensors it touched."""
 
-    def __init__(self):
+    def __init__(self, examples):
         super().__init__()
-        self.fresh = set()   # ids of real tensors created during the trace (constants such as torch.tensor(2.))
-        self.folded = {}     # id -> captured tensor read by a trace-time computation
+        self.examples = {id(x) for x in examples}
+        self.touched = {}
+        self.reads_value = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.Tensor.__getitem__:
@@ -71,14 +77,12 @@ class _TraceMode(TorchFunctionMode):
                 indices = [torch.tensor(i, dtype=torch.int64, device=base.device) if isinstance(i, int) else i
                            for i in indices]
                 args, func = (base, indices), _aten.index.Tensor
-        result = func(*args, **(kwargs or {}))
-        tensors = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-        if not any(isinstance(x, FakeTensor) for x in tensors):  # ran for real: a constant of the graph
-            for x in tensors:
-                if id(x) not in self.fresh:
-                    self.folded[id(x)] = x
-            self.fresh.update(id(x) for x in pytree.tree_leaves(result) if isinstance(x, torch.Tensor))
-        return result
+        self.reads_value |= func in _VALUE_READS
+        for x in pytree.tree_leaves((args, kwargs)):
+            if isinstance(x, torch.Tensor) and not isinstance(x, FakeTensor) and id(x) not in self.examples \
+                    and x.device.type != "meta":
+                self.touched[id(x)] = x
+        return func(*args, **(kwargs or {}))
 
 
 def _describe_callable(fn) -> str:
@@ -110,7 +114,7 @@ def capture(fn: Callable) -> ScoreModGraph:
     def traced(score, b, h, q_idx, kv_idx):
         return fn(score, b, h, q_idx, kv_idx)
 
-    mode = _TraceMode()
+    mode = _TraceMode(examples)
     try:
         with mode:
             gm = make_fx(traced, tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
@@ -123,12 +127,14 @@ def capture(fn: Callable) -> ScoreModGraph:
                              f"control flow such as `if score > 0`, or bool() / int() / .item()); express it with "
                              f"torch.where instead ({text})") from None
         raise ValueError(f"score_mod: could not trace {_describe_callable(fn)}: {type(e).__name__}: {text}") from None
-    learnable = [t for t in mode.folded.values() if t.requires_grad]
+    folded = tuple(mode.touched.values()) if mode.reads_value else ()
+    learnable = [t for t in folded if t.requires_grad]
     if learnable:
-        raise TypeError(f"score_mod: {_describe_callable(fn)} computes with a captured tensor that requires grad "
-                        f"(shape {tuple(learnable[0].shape)}) before indexing it (as in w.exp()[h] or w[0].item()): its "
-                        f"gradient would be lost; index it first, as in w[h].exp()")
-    return _checked_graph(gm, fn, tuple(mode.folded.values()))
+        raise TypeError(f"score_mod: {_describe_callable(fn)} reads the value of a tensor into Python (.item(), "
+                        f"float(), int() or bool()) while it captures a tensor that requires grad (shape "
+                        f"{tuple(learnable[0].shape)}): that gradient would be lost; keep the computation in torch "
+                        f"operations")
+    return _checked_graph(gm, fn, folded)
 
 
 def _op_name(node: torch.fx.Node) -> str:

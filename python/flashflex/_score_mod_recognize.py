@@ -16,6 +16,7 @@ the captured tensors through the kernels' dbias."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -40,7 +41,8 @@ class Pattern:
     tensor) or "materialise" (R evaluated). scale: the factor folded into the softmax scale.
     cap: softcap's c. tensor: the get_attr name of slopes / bias. coef: its multiplier.
     layout: for "bias", t's index per dimension ("b", "h", "q_idx", "kv_idx" or an int).
-    depends: for "materialise", the indices R depends on."""
+    depends: for "materialise", the indices R depends on.
+    reads: captured tensors whose values were folded into the numbers above."""
     kind: str
     scale: float = 1.0
     cap: float = 0.0
@@ -48,6 +50,7 @@ class Pattern:
     coef: float = 1.0
     layout: Tuple = ()
     depends: Tuple[str, ...] = ()
+    reads: Tuple[str, ...] = ()
 
 
 # ---- the graph as expressions ---------------------------------------------------------------
@@ -55,8 +58,13 @@ class Pattern:
 # | ("tanh", a) | ("index", base, (indices...)) | ("op", name, args...): hashable, compared by value.
 
 def _expressions(graph: ScoreModGraph):
+    """The output as an expression; 0-d values computed from captured tensors that need no grad
+    (torch.tensor(30.), cap.abs() + 5) are folded into numbers."""
     names = iter(INPUT_NAMES)
     env: Dict[torch.fx.Node, tuple] = {}
+    real: Dict[torch.fx.Node, torch.Tensor] = {}  # values of constant nodes
+    roots: Dict[torch.fx.Node, frozenset] = {}    # the captured tensors each constant is computed from
+    reads = set()                                 # those whose values a folded number depends on
     out = None
 
     def arg(a):
@@ -68,19 +76,38 @@ def _expressions(graph: ScoreModGraph):
             return ("list",) + tuple(arg(x) for x in a)
         return ("lit", repr(a))
 
+    def number(node, t):
+        if t.dim() == 0 and not t.requires_grad:
+            reads.update(roots[node])
+            return ("const", t.item())
+        return None
+
     for node in graph.gm.graph.nodes:
         if node.op == "placeholder":
             env[node] = ("in", next(names))
         elif node.op == "get_attr":
             t = graph.tensors[node.target]
-            constant = t.dim() == 0 and not t.requires_grad and t.device.type == "cpu"
-            env[node] = ("const", t.item()) if constant else ("tensor", node.target)
+            real[node], roots[node] = t, frozenset([node.target])
+            env[node] = number(node, t) or ("tensor", node.target)
         elif node.op == "call_function":
+            if all(a in real for a in node.all_input_nodes) and node.target is not _aten.index.Tensor:
+                value = node.target(*_real_args(node.args, real), **_real_args(node.kwargs, real))
+                if isinstance(value, torch.Tensor):
+                    real[node] = value
+                    roots[node] = frozenset().union(*(roots[a] for a in node.all_input_nodes))
+                    folded = number(node, value)
+                    if folded is not None:
+                        env[node] = folded
+                        continue
             env[node] = _expression(node, arg)
         elif node.op == "output":
             result = node.args[0]
             out = env[result[0] if isinstance(result, (tuple, list)) else result]
-    return out
+    return out, tuple(sorted(reads))
+
+
+def _real_args(args, real):
+    return torch.fx.node.map_arg(args, lambda n: real[n])
 
 
 def _expression(node: torch.fx.Node, arg) -> tuple:
@@ -142,7 +169,7 @@ def _terms(e) -> Dict[tuple, float]:
 def _uses(e, name: str) -> bool:
     if e == ("in", name):
         return True
-    return isinstance(e, tuple) and any(isinstance(x, tuple) and _uses(x, name) for x in e[1:])
+    return isinstance(e, tuple) and any(isinstance(x, tuple) and _uses(x, name) for x in e)
 
 
 def _free_of_score(terms: Dict[tuple, float]) -> bool:
@@ -150,9 +177,14 @@ def _free_of_score(terms: Dict[tuple, float]) -> bool:
 
 
 def recognise(graph: ScoreModGraph) -> Optional[Pattern]:
-    """The graph's built-in form, or None. Shapes are checked later (Pattern binding)."""
-    expr = _expressions(graph)
-    terms = _terms(expr)
+    """The graph's built-in form, or None. Shapes are checked later (Pattern binding); `reads`
+    names the captured tensors whose values the form depends on (folded numbers)."""
+    expr, reads = _expressions(graph)
+    pattern = _match(_terms(expr), graph)
+    return None if pattern is None else dataclasses.replace(pattern, reads=reads)
+
+
+def _match(terms, graph: ScoreModGraph) -> Optional[Pattern]:
     score = ("in", "score")
     scaled = terms.pop((score,), None)
     if scaled is None:

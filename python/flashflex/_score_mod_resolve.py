@@ -47,7 +47,8 @@ class _Entry:
         self.fingerprint = fingerprint
         self.graph = graph
         self.pattern = pattern
-        watched = [t for t in graph.tensors.values() if t.dim() == 0] + list(graph.folded)
+        reads = pattern.reads if pattern is not None else ()
+        watched = [graph.tensors[name] for name in reads] + list(graph.folded)
         self.watched = tuple(watched)
         self.versions = _versions(watched)
         self.metadata = _metadata(graph.tensors.values())
