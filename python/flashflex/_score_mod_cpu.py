@@ -10,7 +10,7 @@ import torch
 
 from ._score_mod_graph import ScoreModGraph, evaluate
 
-__all__ = ["graph_attention"]
+__all__ = ["graph_attention", "graph_attention_outside_trace"]
 
 
 def _grids(batch: int, heads: int, q_len: int, kv_len: int, device):
@@ -43,3 +43,8 @@ def graph_attention(graph: ScoreModGraph, query: torch.Tensor, key: torch.Tensor
     out = torch.where(sees_any, out, torch.zeros_like(out))
     lse = torch.where(sees_any, lse, torch.full_like(lse, float("-inf"))).squeeze(-1)
     return out.to(query.dtype), lse.to(torch.float32)
+
+
+# Under torch.compile the graph is evaluated eagerly (a graph break): dynamo does not trace fx
+# interpreters.
+graph_attention_outside_trace = torch._dynamo.disable(graph_attention)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import functools
 import types
 import weakref
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
 from . import score_mods
+from ._score_mod_cpu import graph_attention_outside_trace
 from ._score_mod_graph import ScoreModGraph, capture, evaluate
 from ._score_mod_recognize import MAX_MATERIALISED, Pattern, recognise
 from ._tensor_ref import SUPPORTED_DTYPES
@@ -37,8 +38,7 @@ class CallableScoreMod:
         self.graph = graph
 
     def attend_cpu(self, query, key, value, block_mask, scale: float):
-        from ._score_mod_cpu import graph_attention
-        return graph_attention(self.graph, query, key, value, block_mask, scale)
+        return graph_attention_outside_trace(self.graph, query, key, value, block_mask, scale)
 
 
 class _Entry:
@@ -108,58 +108,96 @@ def _name(fn) -> str:
 
 # ---- binding a pattern to the call's shapes ---------------------------------------------------
 
-def _bind(entry: _Entry, query, key) -> Optional[CallableScoreMod]:
+class Plan(NamedTuple):
+    """A pattern bound to one call's sizes, in literals (torch.compile keeps it as a constant):
+    kind, scale factor, softcap's cap, the coefficient of the tensor, the captured tensor's name
+    (or None) and the view ops that turn it into the kernels' operand."""
+    kind: str
+    scale: float
+    cap: float
+    coef: float
+    tensor: Optional[str]
+    view: tuple
+
+
+def _plan(entry: _Entry, sizes: Tuple[int, int, int, int], device: torch.device) -> Optional[Plan]:
     p, tensors = entry.pattern, entry.graph.tensors
-    if any(t.device != query.device for t in tensors.values() if t.dim() > 0):
+    if p is None or any(t.device != device for t in tensors.values() if t.dim() > 0):
         return None
-    batch, heads, q_len, _ = query.shape
-    kv_len = key.shape[2]
-    if p.kind == "none":
-        return CallableScoreMod(None, p.scale)
-    if p.kind == "softcap":
-        return CallableScoreMod(score_mods.softcap(p.cap), p.scale)
-    if p.kind == "alibi":
-        if p.tensor is None:
-            slopes = torch.full((heads,), p.coef, dtype=torch.float32, device=query.device)
-        else:
-            slopes = tensors[p.tensor]
-            if tuple(slopes.shape) != (heads,):
-                return None
-            slopes = slopes.to(torch.float32)
-            if p.coef != 1:
-                slopes = slopes * p.coef
-        return CallableScoreMod(score_mods.alibi(slopes), p.scale)
+    if p.kind == "alibi" and p.tensor is not None and tuple(tensors[p.tensor].shape) != (sizes[1],):
+        return None
+    view = ()
     if p.kind == "bias":
-        view = _bias_view(tensors[p.tensor], p.layout, (batch, heads, q_len, kv_len))
+        t = tensors[p.tensor]
+        view = _view_ops(tuple(t.shape), p.layout, sizes) if t.dtype in SUPPORTED_DTYPES else None
         if view is None:
             return None
-        return CallableScoreMod(score_mods.bias(view if p.coef == 1 else view * p.coef), p.scale)
-    bias = _materialise(entry, query, (batch, heads, q_len, kv_len))
-    return None if bias is None else CallableScoreMod(score_mods.bias(bias), p.scale)
+    return Plan(p.kind, p.scale, p.cap, p.coef, p.tensor, view)
 
 
-def _bias_view(t: torch.Tensor, layout, sizes) -> Optional[torch.Tensor]:
-    """t indexed by layout (per dimension "b", "h", "q_idx", "kv_idx" or an int), as the kernels'
-    [B or 1, H or 1, Q, KV] view (a view: gradients and in-place updates reach t)."""
-    if t.dtype not in SUPPORTED_DTYPES:
+def _build(plan: Plan, tensor: Optional[torch.Tensor], heads: int, device) -> CallableScoreMod:
+    """The built-in ScoreMod of a plan (not "materialise"); `tensor` is the plan's captured tensor."""
+    if plan.kind == "none":
+        return CallableScoreMod(None, plan.scale)
+    if plan.kind == "softcap":
+        return CallableScoreMod(score_mods.softcap(plan.cap), plan.scale)
+    if plan.kind == "alibi":
+        if tensor is None:
+            slopes = torch.full((heads,), plan.coef, dtype=torch.float32, device=device)
+        else:
+            slopes = tensor.to(torch.float32)
+            slopes = slopes if plan.coef == 1 else slopes * plan.coef
+        return CallableScoreMod(score_mods.alibi(slopes), plan.scale)
+    view = _apply_view(tensor, plan.view)
+    return CallableScoreMod(score_mods.bias(view if plan.coef == 1 else view * plan.coef), plan.scale)
+
+
+def _bind(entry: _Entry, query, key) -> Optional[CallableScoreMod]:
+    sizes = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    plan = _plan(entry, sizes, query.device)
+    if plan is None:
         return None
+    if plan.kind == "materialise":
+        bias = _materialise(entry, query, sizes)
+        return None if bias is None else CallableScoreMod(score_mods.bias(bias), plan.scale)
+    tensor = entry.graph.tensors[plan.tensor] if plan.tensor is not None else None
+    return _build(plan, tensor, sizes[1], query.device)
+
+
+_ORDER = ("b", "h", "q_idx", "kv_idx")
+
+
+def _view_ops(shape, layout, sizes) -> Optional[tuple]:
+    """The ops turning a tensor of `shape`, indexed by layout (per dimension "b", "h", "q_idx",
+    "kv_idx" or an int), into the kernels' [B or 1, H or 1, Q, KV] view (a view: gradients and
+    in-place updates reach the tensor); None when its sizes do not cover the call's."""
+    ops, shape = [], list(shape)
     for dim in reversed(range(len(layout))):
         if isinstance(layout[dim], int):
-            if not -t.shape[dim] <= layout[dim] < t.shape[dim]:
+            if not -shape[dim] <= layout[dim] < shape[dim]:
                 return None
-            t = t.select(dim, layout[dim])
+            ops.append(("select", dim, layout[dim]))
+            del shape[dim]
     names = [x for x in layout if isinstance(x, str)]
-    order = ("b", "h", "q_idx", "kv_idx")
-    for name in order:
+    for name in _ORDER:
         if name not in names:
-            t, names = t.unsqueeze(0), [name] + names
-    t = t.permute([names.index(n) for n in order])
-    for dim, (name, size) in enumerate(zip(order, sizes)):
-        if t.shape[dim] == size or (t.shape[dim] == 1 and name not in layout):
+            ops.append(("unsqueeze", 0))
+            names, shape = [name] + names, [1] + shape
+    perm = tuple(names.index(n) for n in _ORDER)
+    ops.append(("permute", perm))
+    shape = [shape[i] for i in perm]
+    for dim, (name, size) in enumerate(zip(_ORDER, sizes)):
+        if shape[dim] == size or (shape[dim] == 1 and name not in layout):
             continue
-        if t.shape[dim] < size:
+        if shape[dim] < size:
             return None
-        t = t.narrow(dim, 0, size)
+        ops.append(("narrow", dim, 0, size))
+    return tuple(ops)
+
+
+def _apply_view(t: torch.Tensor, ops) -> torch.Tensor:
+    for op, *args in ops:
+        t = t.permute(args[0]) if op == "permute" else getattr(t, op)(*args)
     return t
 
 

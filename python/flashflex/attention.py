@@ -13,7 +13,8 @@ import torch
 from . import _C
 from ._ops import attention_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
-from ._score_mod_resolve import CallableScoreMod, resolve_callable
+from ._score_mod_compile import resolve_score_mod
+from ._score_mod_resolve import CallableScoreMod
 from .block_mask import BlockMask, from_torch_cached
 from .score_mods import _NONE, SUPPORTED, ScoreMod
 
@@ -130,7 +131,7 @@ def _resolve_score_mod(score_mod, query, key) -> Optional[ScoreMod]:
         return None
     if not isinstance(score_mod, ScoreMod):
         if callable(score_mod):  # captured and recognised in _score_mod_resolve.py
-            return resolve_callable(score_mod, query, key)
+            return resolve_score_mod(score_mod, query, key)
         raise TypeError(f"score_mod: expected None, a callable (score, b, h, q_idx, kv_idx) -> score or one of "
                         f"flashflex.score_mods: {', '.join(SUPPORTED)}, got {type(score_mod).__name__}")
     t = score_mod.tensor
