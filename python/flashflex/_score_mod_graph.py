@@ -185,6 +185,9 @@ def _checked_graph(gm: torch.fx.GraphModule, fn, folded: Tuple[torch.Tensor, ...
 def _check_elementwise(node: torch.fx.Node, varying: Dict[torch.fx.Node, set], where: str) -> None:
     op = node.target
     value = node.meta.get("val")
+    if op is _aten._local_scalar_dense.default:
+        raise ValueError(f"score_mod: {where} reads the value of the score or an index into Python (.item(), "
+                         f"float(), int()); express it with torch operations")
     if op is _aten.index.Tensor:
         if node.args[0] in varying:
             raise TypeError(f"score_mod: {where} indexes a value computed from the score or the indices; only "

@@ -88,13 +88,17 @@ def _expressions(graph: ScoreModGraph):
         elif node.op == "get_attr":
             t = graph.tensors[node.target]
             real[node], roots[node] = t, frozenset([node.target])
-            env[node] = number(node, t) or ("tensor", node.target)
+            literal = all(u.target is _aten.lift_fresh_copy.default for u in node.users)
+            env[node] = (None if literal else number(node, t)) or ("tensor", node.target)
         elif node.op == "call_function":
             if all(a in real for a in node.all_input_nodes) and node.target is not _aten.index.Tensor:
                 value = node.target(*_real_args(node.args, real), **_real_args(node.kwargs, real))
                 if isinstance(value, torch.Tensor):
                     real[node] = value
-                    roots[node] = frozenset().union(*(roots[a] for a in node.all_input_nodes))
+                    # lift_fresh_copy marks a literal of the callable (torch.tensor(2.)), made afresh
+                    # by every trace: no captured tensor whose updates matter.
+                    roots[node] = frozenset() if node.target is _aten.lift_fresh_copy.default else \
+                        frozenset().union(*(roots[a] for a in node.all_input_nodes))
                     folded = number(node, value)
                     if folded is not None:
                         env[node] = folded
