@@ -54,12 +54,12 @@ class _Entry:
         self.metadata = _metadata(graph.tensors.values())
         self.materialised: Optional[Tuple[tuple, torch.Tensor]] = None  # (key, bias) when no grad is needed
 
-    def valid(self, fn, fingerprint) -> bool:
-        return (self.ref is not None and self.ref() is fn and self.fingerprint == fingerprint
+    def valid(self, owner, fingerprint) -> bool:
+        return (self.ref is not None and self.ref() is owner and self.fingerprint == fingerprint
                 and self.versions == _versions(self.watched) and self.metadata == _metadata(self.graph.tensors.values()))
 
 
-_CACHE: Dict[int, _Entry] = {}
+_CACHE: Dict[object, _Entry] = {}
 
 
 def _versions(tensors) -> tuple:
@@ -72,18 +72,20 @@ def _metadata(tensors) -> tuple:
 
 def _entry(fn: Callable) -> _Entry:
     fingerprint = _fingerprint(fn)
-    hit = _CACHE.get(id(fn))
-    if hit is not None and hit.valid(fn, fingerprint):
+    # A bound method is made afresh at each attribute access: its object is what lives.
+    owner = fn.__self__ if isinstance(fn, types.MethodType) else fn
+    key = (id(owner), id(fn.__func__)) if owner is not fn else id(fn)
+    hit = _CACHE.get(key)
+    if hit is not None and hit.valid(owner, fingerprint):
         return hit
     graph = capture(fn)
     try:
-        key = id(fn)
-        ref = weakref.ref(fn, lambda _: _CACHE.pop(key, None))
+        ref = weakref.ref(owner, lambda _: _CACHE.pop(key, None))
     except TypeError:  # not weak-referenceable: captured again at every call
         ref = None
     entry = _Entry(ref, fingerprint, graph, recognise(graph))
     if ref is not None:
-        _CACHE[id(fn)] = entry
+        _CACHE[key] = entry
     return entry
 
 

@@ -30,7 +30,8 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
                    kernel_options: Optional[dict] = None, *, return_aux=None):
     """Attention of `query` [B, Hq, Q_LEN, D] over `key`/`value` [B, Hkv, KV_LEN, D] with a mask
     (`block_mask`: flashflex.BlockMask or torch BlockMask; None = every key visible) and a score
-    modification (`score_mod`: from flashflex.score_mods). Returns out [B, Hq, Q_LEN, D], and
+    modification (`score_mod`: from flashflex.score_mods, or a torch-flex callable (score, b, h,
+    q_idx, kv_idx) -> score, see _score_mod_resolve.py). Returns out [B, Hq, Q_LEN, D], and
     lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
     out 0 and lse -inf. return_aux=AuxRequest(lse=True) returns (out, AuxOutput(lse=...)) as in
     torch. kernel_options: {"deterministic": bool} (backward summation order)."""
