@@ -4,12 +4,12 @@ ahead-of-time kernels with nothing compiled.
 
 The graph becomes a sum of products (coefficient x factors, constants folded, products expanded)
 in the score s and the indices. With c a constant and R any expression free of s:
-    c * s                         -> no mod, softmax scale * c
+    c * s                         -> no mod, softmax scale * c        (c > 0 here and below)
     A * tanh(B * s)               -> softcap(|A|), scale * A * B      (c * tanh(s / c) and spellings)
     c * s + a * t[h] * (kv - q)   -> alibi(a * t), scale * c          (also (q - kv), a constant slope)
     c * s + a * t[b, h, q, kv]    -> bias(a * t) over a view of t     (any order, b / h or ints, or absent)
     c * s + R                     -> bias(R evaluated on the [B|1, H|1, Q, KV] grid), when small enough
-Folding c into the softmax scale is exact: every built-in mod sees s' = scale * c * q.k. The
+Folding c into the softmax scale is exact up to rounding: every built-in mod sees (scale * c) * q.k. The
 materialised bias (relative position tables t[q - kv], learnable ALiBi slopes, sums of terms) is
 R itself, rounded once to float32 (the kernels add biases in float32), and carries R's gradient to
 the captured tensors through the kernels' dbias."""
@@ -193,7 +193,9 @@ def _match(terms, graph: ScoreModGraph) -> Optional[Pattern]:
     scaled = terms.pop((score,), None)
     if scaled is None:
         return _softcap(terms)
-    if not _free_of_score(terms):
+    # A factor > 0 only: kernels may take the row maximum before scaling (a negative factor
+    # would turn it into the minimum).
+    if not _free_of_score(terms) or not (math.isfinite(scaled) and scaled > 0):
         return None
     if not terms:
         return Pattern("none", scale=scaled)

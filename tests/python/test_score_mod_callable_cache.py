@@ -196,3 +196,20 @@ def test_unrecognised_mod_runs_outside_the_compiled_graph(gen, fresh_dynamo):
     ref.sum().backward()
     assert_close(out, ref, TOL[torch.float32], "out")
     assert_close(q.grad, q64.grad, TOL[torch.float32], "dq")
+
+
+# ---- folding into the softmax scale ----------------------------------------------------------
+
+def test_factor_is_folded_into_an_explicit_scale(gen):
+    q, k, v = make_qkv(gen, B, H, H, Q, KV, D)
+    fn = lambda s, b, h, qi, kv: 3 * torch.tanh(1.5 * s / 3)  # noqa: E731
+    resolved = resolve_callable(fn, q, k)
+    assert resolved.graph is None and resolved.builtin.cap == 3 and resolved.scale_factor == 1.5
+    out = flashflex.flex_attention(q, k, v, score_mod=fn, scale=0.3)
+    ref, _ = dense_attention(*(t.double() for t in (q, k, v)), None, vmapped(fn), scale=0.3)
+    assert_close(out, ref, TOL[torch.float32], "out")
+
+
+def test_negative_factor_is_not_folded(gen):
+    q, k, _ = make_qkv(gen, B, H, H, Q, KV, D)
+    assert resolve_callable(lambda s, b, h, qi, kv: -0.5 * s, q, k).graph is not None
