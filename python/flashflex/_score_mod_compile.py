@@ -4,7 +4,11 @@ time, by a function dynamo treats as a constant (torch.compiler.assume_constant_
 built-in ScoreMod is built from it in traced code, the captured tensor reached through a registry
 so that it is a graph input (live values, gradients). What a plan of literals cannot express
 safely (a materialised bias, a graph that read a tensor's value, the CPU graph path) runs outside
-the trace (a graph break, so fullgraph=True raises for it)."""
+the trace (a graph break, so fullgraph=True raises for it).
+
+In-place updates of captured tensors are seen (the tensor is a graph input). Rebinding the name a
+callable reads to another tensor is not (dynamo does not trace the callable, so it guards only on
+the callable's identity): pass a new callable, or call torch._dynamo.reset()."""
 
 from __future__ import annotations
 
@@ -12,11 +16,12 @@ from typing import Dict, Optional
 
 import torch
 
-from ._score_mod_resolve import CallableScoreMod, _build, _entry, _plan, resolve_callable
+from ._score_mod_resolve import CallableScoreMod, Plan, _build, _entry, _plan, resolve_callable
 
 __all__ = ["resolve_score_mod"]
 
-# Captured tensors that compiled graphs read, by id (a compiled graph's guards refer to the entry).
+# Captured tensors that compiled graphs read, by id (a compiled graph's guards refer to the entry);
+# kept for the process's life, one per captured tensor of a compiled recognised mod.
 _LIVE: Dict[int, torch.Tensor] = {}
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
 
@@ -32,7 +37,6 @@ def resolve_score_mod(fn, query: torch.Tensor, key: torch.Tensor) -> CallableSco
     if plan[0] == "error":  # raised here: dynamo would wrap an error raised in the constant function
         raise _ERRORS[plan[1]](plan[2])
     *fields, slot = plan
-    from ._score_mod_resolve import Plan
     return _build(Plan(*fields), _LIVE[slot] if slot is not None else None, sizes[1], query.device)
 
 
