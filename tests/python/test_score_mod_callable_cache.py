@@ -213,3 +213,55 @@ def test_factor_is_folded_into_an_explicit_scale(gen):
 def test_negative_factor_is_not_folded(gen):
     q, k, _ = make_qkv(gen, B, H, H, Q, KV, D)
     assert resolve_callable(lambda s, b, h, qi, kv: -0.5 * s, q, k).graph is not None
+
+
+GLOBAL_BIAS = torch.zeros(B, H, Q, KV)
+
+
+def _global_bias_mod(s, b, h, qi, kv):
+    return s + GLOBAL_BIAS[b, h, qi, kv]
+
+
+class _BiasHolder(torch.nn.Module):
+    def __init__(self, bias):
+        super().__init__()
+        self.bias = torch.nn.Parameter(bias)
+
+    def forward(self, s, b, h, qi, kv):
+        return s + self.bias[b, h, qi, kv]
+
+
+def _partial_bias_mod(s, b, h, qi, kv, bias):
+    return s + bias[b, h, qi, kv]
+
+
+@pytest.mark.parametrize("holder", ["closure", "global", "module attribute", "partial keyword"])
+def test_compiled_mod_sees_its_tensor_rebound(holder, gen, fresh_dynamo, monkeypatch):
+    q, k, v = make_qkv(gen, B, H, H, Q, KV, D)
+    first, second = randn(gen, B, H, Q, KV), randn(gen, B, H, Q, KV)
+    if holder == "closure":
+        bias = first
+        fn = lambda s, b, h, qi, kv: s + bias[b, h, qi, kv]  # noqa: E731
+    elif holder == "global":
+        monkeypatch.setattr(__import__(__name__), "GLOBAL_BIAS", first)
+        fn = _global_bias_mod
+    elif holder == "module attribute":
+        fn = _BiasHolder(first)
+    else:
+        import functools
+        fn = functools.partial(_partial_bias_mod, bias=first)
+    # A partial holding a tensor is no constant for dynamo: its plan is made outside the graph.
+    compiled = torch.compile(lambda q, k, v: flashflex.flex_attention(q, k, v, score_mod=fn),
+                             fullgraph=holder != "partial keyword", backend="aot_eager")
+    compiled(q, k, v)
+    if holder == "closure":
+        bias = second  # noqa: F841 (read by fn)
+    elif holder == "global":
+        monkeypatch.setattr(__import__(__name__), "GLOBAL_BIAS", second)
+    elif holder == "module attribute":
+        fn.bias = torch.nn.Parameter(second)
+    else:
+        fn.keywords["bias"] = second
+    out = compiled(q, k, v)
+    want = flashflex.flex_attention(q, k, v, score_mod=lambda s, b, h, qi, kv: s + second[b, h, qi, kv])
+    assert_close(out, want, 1e-6, f"out after rebinding the {holder}")
