@@ -91,6 +91,10 @@ def _entry(fn: Callable) -> _Entry:
 
 def resolve_callable(fn: Callable, query: torch.Tensor, key: torch.Tensor) -> CallableScoreMod:
     entry = _entry(fn)
+    for t in entry.graph.tensors.values():
+        if t.dim() > 0 and t.device != query.device:  # 0-d tensors act as numbers on any device
+            raise ValueError(f"score_mod: {_name(fn)} captures a tensor of shape {tuple(t.shape)} on {t.device}; "
+                             f"expected it on {query.device} (as query)")
     bound = _bind(entry, query, key) if entry.pattern is not None else None
     if bound is not None:
         return bound
@@ -113,13 +117,15 @@ def _name(fn) -> str:
 class Plan(NamedTuple):
     """A pattern bound to one call's sizes, in literals (torch.compile keeps it as a constant):
     kind, scale factor, softcap's cap, the coefficient of the tensor, the captured tensor's name
-    (or None) and the view ops that turn it into the kernels' operand."""
+    (or None), the view ops that turn it into the kernels' operand, and for "materialise" the
+    indices the bias depends on."""
     kind: str
     scale: float
     cap: float
     coef: float
     tensor: Optional[str]
     view: tuple
+    depends: tuple
 
 
 def _plan(entry: _Entry, sizes: Tuple[int, int, int, int], device: torch.device) -> Optional[Plan]:
@@ -131,10 +137,14 @@ def _plan(entry: _Entry, sizes: Tuple[int, int, int, int], device: torch.device)
     view = ()
     if p.kind == "bias":
         t = tensors[p.tensor]
-        view = _view_ops(tuple(t.shape), p.layout, sizes) if t.dtype in SUPPORTED_DTYPES else None
+        if t.dtype not in SUPPORTED_DTYPES:  # float64: exact as a graph on CPU, a float32 bias elsewhere
+            if device.type == "cpu":
+                return None
+            return Plan("materialise", p.scale, 0.0, 1.0, None, (), tuple(x for x in p.layout if isinstance(x, str)))
+        view = _view_ops(tuple(t.shape), p.layout, sizes)
         if view is None:
             return None
-    return Plan(p.kind, p.scale, p.cap, p.coef, p.tensor, view)
+    return Plan(p.kind, p.scale, p.cap, p.coef, p.tensor, view, p.depends)
 
 
 def _build(plan: Plan, tensor: Optional[torch.Tensor], heads: int, device) -> CallableScoreMod:
@@ -160,7 +170,7 @@ def _bind(entry: _Entry, query, key) -> Optional[CallableScoreMod]:
     if plan is None:
         return None
     if plan.kind == "materialise":
-        bias = _materialise(entry, query, sizes)
+        bias = _materialise(entry, query, sizes, plan.depends)
         return None if bias is None else CallableScoreMod(score_mods.bias(bias), plan.scale)
     tensor = entry.graph.tensors[plan.tensor] if plan.tensor is not None else None
     return _build(plan, tensor, sizes[1], query.device)
@@ -203,10 +213,9 @@ def _apply_view(t: torch.Tensor, ops) -> torch.Tensor:
     return t
 
 
-def _materialise(entry: _Entry, query, sizes) -> Optional[torch.Tensor]:
+def _materialise(entry: _Entry, query, sizes, depends) -> Optional[torch.Tensor]:
     """R = E(s = 0) on the [B|1, H|1, Q, KV] grid (E = c * s + R), float32; None when too large or
     not finite (an -inf bias leaves rows with no finite score, which the kernels treat as visible)."""
-    depends = entry.pattern.depends
     shape = [size if name in depends or name in ("q_idx", "kv_idx") else 1
              for name, size in zip(("b", "h", "q_idx", "kv_idx"), sizes)]
     if shape[0] * shape[1] * shape[2] * shape[3] > MAX_MATERIALISED:

@@ -80,6 +80,13 @@ def test_unrecognised_graph_off_cpu_names_its_operations():
     assert resolved.graph is None and resolved.builtin.name == "softcap"
 
 
+def test_captured_tensor_on_another_device_is_refused(gen):
+    q, k, v = make_qkv(gen, B, H, H, Q, KV, D)
+    bias = torch.empty(B, H, Q, KV, device="meta")
+    with pytest.raises(ValueError, match=r"captures a tensor of shape \(1, 2, 33, 40\) on meta; expected it on cpu"):
+        flashflex.flex_attention(q, k, v, score_mod=lambda s, b, h, qi, kv: s + bias[b, h, qi, kv])
+
+
 # ---- the cache ---------------------------------------------------------------------------------
 
 def _reference(q, k, v, fn):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import flashflex
+from flashflex._score_mod_resolve import resolve_callable
 from dense_reference import dense_attention, dense_mask
 from helpers import make_qkv, randn
 from test_cuda_backward import ULP, lowp_attention, rel_err
@@ -58,3 +59,20 @@ def test_zoo_on_cuda(name, gen):
         err, base_err = rel_err(g.cpu(), w, floor), rel_err(b.cpu(), w, floor)
         tol = 2 * base_err + 2 * ULP[DTYPE]
         assert err <= tol, f"{name} {what}: error {err:.3e} > {tol:.3e} (2 x low-precision {base_err:.3e} + 2 ulp)"
+
+
+def test_float64_bias_on_cuda_runs_as_a_float32_bias(gen):
+    bias64 = randn(gen, 1, HQ, Q_LEN, KV_LEN, dtype=torch.float64)
+    bias = bias64.cuda()
+    mod = lambda s, b, h, q, kv: s + bias[0, h, q, kv]  # noqa: E731
+    q, k, v = (t.cuda() for t in make_qkv(gen, BATCH, HQ, HKV, Q_LEN, KV_LEN, HEAD_DIM, dtype=DTYPE))
+    resolved = resolve_callable(mod, q, k)
+    assert resolved.graph is None and resolved.builtin.name == "bias"
+    assert resolved.builtin.tensor.dtype == torch.float32
+    out = flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True)
+    want, _ = dense_attention(*(t.cpu().double() for t in (q, k, v)), None,
+                              vmapped(lambda s, b, h, q, kv: s + bias64[0, h, q, kv]))
+    base, _ = lowp_attention(q, k, v, None, vmapped(lambda s, b, h, q, kv: s + bias.float()[0, h, q, kv]),
+                             HEAD_DIM ** -0.5)
+    err, base_err = rel_err(out.cpu(), want), rel_err(base.cpu(), want)
+    assert err <= 2 * base_err + 2 * ULP[DTYPE], f"out: error {err:.3e}, low-precision dense {base_err:.3e}"
