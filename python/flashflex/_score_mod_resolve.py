@@ -268,5 +268,9 @@ def _fingerprint(obj, depth: int = 0):
     if isinstance(obj, dict):
         return ("dict",) + tuple((k, _fingerprint(v, d)) for k, v in list(obj.items())[:64])
     if isinstance(obj, torch.nn.Module):
-        return ("module", id(obj), _fingerprint(type(obj).forward, d), _fingerprint(vars(obj), d))
+        # Its own numbers and the identities of its tensors and submodules, not the submodules'
+        # contents: a bound method of a whole model must stay cheap to fingerprint.
+        own = tuple((k, _fingerprint(v, d)) for k, v in vars(obj).items() if isinstance(v, _SCALARS + (torch.Tensor,)))
+        held = tuple((k, id(v)) for table in (obj._parameters, obj._buffers, obj._modules) for k, v in table.items())
+        return ("module", id(obj), _fingerprint(type(obj).forward, d), own, held)
     return ("id", id(obj))

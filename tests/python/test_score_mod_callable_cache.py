@@ -272,3 +272,22 @@ def test_compiled_mod_sees_its_tensor_rebound(holder, gen, fresh_dynamo, monkeyp
     out = compiled(q, k, v)
     want = flashflex.flex_attention(q, k, v, score_mod=lambda s, b, h, qi, kv: s + second[b, h, qi, kv])
     assert_close(out, want, 1e-6, f"out after rebinding the {holder}")
+
+
+class _TableModule(torch.nn.Module):
+    def __init__(self, table, cap):
+        super().__init__()
+        self.table = table  # a plain tensor attribute, not a parameter
+        self.cap = cap
+
+    def forward(self, s, b, h, qi, kv):
+        return self.cap * torch.tanh((s + self.table[qi - kv + KV]) / self.cap)
+
+
+def test_rebinding_a_module_attribute_is_seen(gen):
+    q, k, v = make_qkv(gen, B, H, H, Q, KV, D)
+    module = _TableModule(randn(gen, Q + KV), 5.0)
+    flashflex.flex_attention(q, k, v, score_mod=module)
+    module.table, module.cap = randn(gen, Q + KV), 2.0
+    assert_close(flashflex.flex_attention(q, k, v, score_mod=module), _reference(q, k, v, module), TOL[torch.float32],
+                 "out after rebinding")
