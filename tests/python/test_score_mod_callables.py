@@ -3,8 +3,8 @@ write them, plus compositions drawn at test time, forward and backward (query, k
 captured tensor that requires grad) against float64 dense attention whose score_mod is the same
 callable over float64 copies of its tensors, evaluated element by element with torch.vmap (torch
 flex's eager semantics). The recognisable ones must resolve to a built-in mod (the kind is
-asserted, so nothing is evaluated as a graph); bad mods raise clear errors (test_score_mod_errors.py
-covers the cache and torch.compile)."""
+asserted, so nothing is evaluated as a graph). Bad mods, the cache and torch.compile:
+test_score_mod_callable_cache.py; the zoo on CUDA: test_score_mod_callables_cuda.py."""
 
 from __future__ import annotations
 
