@@ -16,6 +16,8 @@ from ._check_args import check_bool, check_dense, check_sizes
 from ._kernel_options import resolve_kernel_options
 from ._ops import attention_forward
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
+from ._score_mod_compile import resolve_score_mod
+from ._score_mod_resolve import CallableScoreMod
 from .block_mask import BlockMask
 from .score_mods import _NONE, SUPPORTED, ScoreMod
 
@@ -30,7 +32,8 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
                    kernel_options: Optional[dict] = None, *, return_aux=None):
     """Attention of `query` [B, Hq, Q_LEN, D] over `key`/`value` [B, Hkv, KV_LEN, D] with a mask
     (`block_mask`: flashflex.BlockMask or torch BlockMask; None = every key visible) and a score
-    modification (`score_mod`: from flashflex.score_mods). Returns out [B, Hq, Q_LEN, D], and
+    modification (`score_mod`: from flashflex.score_mods, or a torch-flex callable (score, b, h,
+    q_idx, kv_idx) -> score, see _score_mod_resolve.py). Returns out [B, Hq, Q_LEN, D], and
     lse float32 [B, Hq, Q_LEN] (natural log) with return_lse=True. A row with no visible key gives
     out 0 and lse -inf. return_aux=AuxRequest(lse=True) returns (out, AuxOutput(lse=...)) as in
     torch. kernel_options: {"deterministic": bool, "BACKEND": "AUTO" | "SM80" | "SM90"}
@@ -44,14 +47,21 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     mod = _resolve_score_mod(score_mod, query, key)
     scale = _resolve_scale(scale, query.shape[-1])
     deterministic, backend = resolve_kernel_options(kernel_options)
+    # A Python callable (_score_mod_resolve.py): a built-in mod it reduces to, or its graph (CPU).
+    graph_mod = mod if isinstance(mod, CallableScoreMod) else None
+    if graph_mod is not None:
+        mod, scale = _resolve_score_mod(graph_mod.builtin, query, key), scale * graph_mod.scale_factor
 
     mask_tensors = [] if mask is None else mask._tensors()
     mod_tensor = mod.tensor if mod is not None else None
     if mod_tensor is not None:
         mod_tensor = unit_inner_stride(mod_tensor)
-    out, lse = attention_forward(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
-                                 mask_tensors, scale, mod.kind if mod else _NONE,
-                                 mod.cap if mod else 0.0, mod_tensor, deterministic, backend)
+    if graph_mod is not None and graph_mod.graph is not None:
+        out, lse = graph_mod.attend_cpu(query, key, value, mask, scale)
+    else:
+        out, lse = attention_forward(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
+                                     mask_tensors, scale, mod.kind if mod else _NONE,
+                                     mod.cap if mod else 0.0, mod_tensor, deterministic, backend)
     if return_aux is not None:
         return out, _aux_output(return_aux, return_lse, lse)
     return (out, lse) if return_lse else out
@@ -149,9 +159,10 @@ def _resolve_score_mod(score_mod, query, key) -> Optional[ScoreMod]:
     if score_mod is None:
         return None
     if not isinstance(score_mod, ScoreMod):
-        raise TypeError(f"score_mod: arbitrary Python score_mod functions are not supported (flashflex compiles its "
-                        f"score mods ahead of time); expected None or one of flashflex.score_mods: "
-                        f"{', '.join(SUPPORTED)}, got {getattr(score_mod, '__name__', type(score_mod).__name__)}")
+        if callable(score_mod):  # captured and recognised in _score_mod_resolve.py
+            return resolve_score_mod(score_mod, query, key)
+        raise TypeError(f"score_mod: expected None, a callable (score, b, h, q_idx, kv_idx) -> score or one of "
+                        f"flashflex.score_mods: {', '.join(SUPPORTED)}, got {type(score_mod).__name__}")
     t = score_mod.tensor
     if t is not None:
         if t.device != query.device:

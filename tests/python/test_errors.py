@@ -1,6 +1,7 @@
 """Bad inputs, one test each: dtype errors are TypeError naming the tensor; shape, head count,
 head dim, device and block-mask size errors are ValueError naming the argument (and, where a
-size is wrong, the value received); an arbitrary callable score_mod names the supported mods."""
+size is wrong, the value received); a score_mod that is neither a callable nor a built-in mod names the supported mods (callables:
+test_score_mod_callables.py)."""
 
 from __future__ import annotations
 
@@ -125,14 +126,10 @@ def test_value_on_another_device(gen):
         flashflex.flex_attention(q, k, v.to(other))
 
 
-def test_python_callable_score_mod_is_rejected_listing_supported_mods(gen):
+def test_score_mod_neither_callable_nor_built_in_is_rejected_listing_supported_mods(gen):
     q, k, v = _qkv(gen)
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        return score * 2
-
-    with pytest.raises((TypeError, NotImplementedError)) as info:
-        flashflex.flex_attention(q, k, v, score_mod=score_mod)
+    with pytest.raises(TypeError, match="score_mod: expected None, a callable") as info:
+        flashflex.flex_attention(q, k, v, score_mod="softcap")
     for name in ("softcap", "alibi", "bias"):
         assert name in str(info.value), f"the message lists {name!r}: {info.value}"
 
