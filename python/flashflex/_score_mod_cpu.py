@@ -32,7 +32,7 @@ def graph_attention(graph: ScoreModGraph, query: torch.Tensor, key: torch.Tensor
 
     visible = torch.ones(shape, dtype=torch.bool, device=query.device)
     if block_mask is not None:
-        visible = block_mask.to_dense().to(query.device).expand(shape)
+        visible = block_mask.to_dense_elements().to(query.device).expand(shape)
     visible = visible & (scores.detach() != float("-inf"))
     sees_any = visible.any(dim=-1, keepdim=True)
     scores = scores.masked_fill(~visible, float("-inf"))

@@ -118,8 +118,12 @@ def capture(fn: Callable) -> ScoreModGraph:
     try:
         with mode:
             gm = make_fx(traced, tracing_mode="fake", _allow_non_fake_inputs=True)(*examples)
-    except (TypeError, ValueError, NotImplementedError):
-        raise
+    except (TypeError, ValueError, NotImplementedError) as e:
+        if str(e).startswith("score_mod:"):
+            raise
+        # An error of the callable itself (a class, a wrong signature the trace reveals): name the argument.
+        raise type(e)(f"score_mod: calling {_describe_callable(fn)}(score, b, h, q_idx, kv_idx) raised "
+                      f"{type(e).__name__}: {e}") from None
     except Exception as e:  # data-dependent guards come as several exception types
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "data-dependent" in str(e) or "data dependent" in str(e) or "_local_scalar_dense" in str(e):
