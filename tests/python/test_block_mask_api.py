@@ -5,6 +5,8 @@ own object or the float64 reference."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.attention.flex_attention as torch_flex
@@ -84,8 +86,7 @@ def test_adjust_gives_the_mask_at_the_new_lengths(builtin):
     adjusted = mask._adjust(300, 270)
     assert tuple(adjusted.shape) == (1, 1, 300, 270)
     assert torch.equal(adjusted.to_dense_elements(), dense_mask(causal_mod(), 1, 1, 300, 270))
-    torch_adjusted = torch_create_block_mask(causal_mod(), None, None, 1000, 1000, device="cpu")._adjust(300, 270)
-    assert adjusted.numel() == torch_adjusted.numel()
+    assert adjusted.numel() == 300 * 270  # torch >= 2.13 counts B * H * Q_LEN * KV_LEN (2.11: padded tiles)
 
 
 @pytest.mark.parametrize("block_size", [128, (128, 128)])
@@ -100,6 +101,8 @@ def test_other_block_sizes_are_refused_naming_the_keyword(block_size):
         flashflex.create_block_mask(flashflex.masks.causal(), None, None, 256, 256, BLOCK_SIZE=block_size)
 
 
+@pytest.mark.skipif("separate_full_blocks" not in inspect.signature(torch_create_block_mask).parameters,
+                    reason="this torch's create_block_mask has no separate_full_blocks to compare against")
 @pytest.mark.parametrize("builtin", [True, False], ids=["builtin", "callable"])
 def test_separate_full_blocks_false_lists_every_tile_as_partial(builtin, gen):
     q_len, kv_len = 300, 400

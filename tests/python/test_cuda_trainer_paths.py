@@ -59,6 +59,18 @@ def test_compiled_dropin_with_a_new_torch_mask_per_step(gen):
     assert counter.frame_count == first, "new masks of the same shapes recompiled"
 
 
+def test_learnable_alibi_slopes_on_cuda_are_refused(gen):
+    # Their gradient measured about half the float64 value on an H200: refused until it is right.
+    slopes = torch.tensor([0.5, 0.25], device="cuda", requires_grad=True)
+    q, k, v = (randn(gen, 1, 2, 130, 64, dtype=BF16).cuda().requires_grad_() for _ in range(3))
+    with pytest.raises(NotImplementedError, match="score_mod: the gradient of learnable ALiBi slopes"):
+        flashflex.flex_attention(q, k, v, score_mod=flashflex.score_mods.alibi(slopes))
+    out = flashflex.flex_attention(q, k, v, score_mod=flashflex.score_mods.alibi(slopes.detach()))
+    assert out.shape == q.shape
+
+
+@pytest.mark.xfail(reason="learnable ALiBi slopes are refused on CUDA (their gradient measured wrong)",
+                   raises=NotImplementedError, strict=True)
 def test_learnable_alibi_slopes_on_cuda(gen):
     heads, q_len, kv_len = 8, 300, 517
     slopes = torch.tensor([2.0 ** -(i + 1) for i in range(heads)], device="cuda", requires_grad=True)

@@ -160,10 +160,16 @@ def test_flex_attention_random_configuration(index):
     low_grads = torch.autograd.grad(low_out, low, dout.cuda())
 
     ulp = ULP[c["dtype"]]
+    # dS = P (dP - D) cancels exactly in a dense computation where a row sees one key (P = 1,
+    # O = V); the kernels form D = rowsum(dO * O) and dP = dO . V in float32 in different orders,
+    # so dq and dk carry float32 rounding of that cancellation: an absolute floor of it.
+    s = abs(c["scale"]) if c["scale"] is not None else 1 / math.sqrt(c["head_dim"])
+    cancel = 2.0**-23 * s * c["head_dim"] * dout.abs().max().item() * v.abs().max().item()
+    floors = {"out": 0.0, "dq": cancel * k.abs().max().item(), "dk": cancel * q.abs().max().item(), "dv": 0.0}
     for name, got, ref, lowp in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref_out, *ref_grads),
                                     (low_out, *low_grads)):
         magnitude = ref.abs().max().item()
-        tol = 2 * _err(lowp, ref) + ulp * magnitude
+        tol = 2 * _err(lowp, ref) + ulp * magnitude + floors[name]
         assert not torch.isnan(got).any(), f"{name}: NaN in {c}"
         assert _err(got, ref) <= tol, f"{name}: error {_err(got, ref):.3e} > {tol:.3e} in {c}"
     empty = torch.isneginf(ref_lse)
