@@ -59,7 +59,7 @@ struct FwdTraits {
 };
 
 // The tile table (bf16 / fp16 alike; 1 CTA per SM, persistent). Times: H200, B=1, 32 / 8 heads,
-// bf16, causal 16k, medians of bench/fwd_sm90.py (ping-pong / overlap only):
+// bf16, causal 16k, medians of the bring-up timing (bench/NOTES.md, the sm_90 forward):
 //   hdim  64: 128 x 128, 3 stages, no ping-pong: 112 KiB. A step is half a hdim-128 step, so
 //             loads get a third stage. Ping-pong measured 2.94 ms against 2.84 without: the
 //             exp2 of a 128 x 128 step costs as much as its GEMMs at this head dim, so taking
