@@ -21,41 +21,27 @@ namespace {
 
 using LaunchFwd = void (*)(const FwdParams&, void*);
 
-template <DType kDType, int kHeadDim, ScoreModKind kMod>
-struct Sm80FwdRow {
-  static constexpr KernelEntry<LaunchFwd> entry() {
-    return {{Arch::kSm80, kDType, kHeadDim, kMod, false}, &sm80::launch_fwd<kDType, kHeadDim, kMod, false>};
-  }
-};
-
-// The EAGLE3 variant exists without a score mod only: the rows of the other mods repeat it.
-template <DType kDType, int kHeadDim, ScoreModKind>
-struct Sm80FwdRowLocalRow {
-  static constexpr KernelEntry<LaunchFwd> entry() {
-    return {{Arch::kSm80, kDType, kHeadDim, ScoreModKind::kNone, true},
-            &sm80::launch_fwd<kDType, kHeadDim, ScoreModKind::kNone, true>};
-  }
-};
-
-constexpr auto kSm80Rows = make_kernel_rows<LaunchFwd, Sm80FwdRow>();
-constexpr auto kSm80RowLocalRows = make_kernel_rows<LaunchFwd, Sm80FwdRowLocalRow>();
-
+// The launcher of one key: the architecture folder's launch_fwd.
+template <Arch kArch, DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
+constexpr LaunchFwd launcher() {
 #if FLASHFLEX_WITH_SM90
-template <DType kDType, int kHeadDim, ScoreModKind kMod>
-struct Sm90FwdRow {
-  static constexpr KernelEntry<LaunchFwd> entry() {
-    return {{Arch::kSm90, kDType, kHeadDim, kMod, false}, &sm90::launch_fwd<kDType, kHeadDim, kMod, false>};
-  }
-};
-
-template <DType kDType, int kHeadDim, ScoreModKind>
-struct Sm90FwdRowLocalRow {
-  static constexpr KernelEntry<LaunchFwd> entry() {
-    return {{Arch::kSm90, kDType, kHeadDim, ScoreModKind::kNone, true},
-            &sm90::launch_fwd<kDType, kHeadDim, ScoreModKind::kNone, true>};
-  }
-};
+  if constexpr (kArch == Arch::kSm90) return &sm90::launch_fwd<kDType, kHeadDim, kMod, kRowLocal>;
 #endif
+  return &sm80::launch_fwd<kDType, kHeadDim, kMod, kRowLocal>;
+}
+
+// The rows of one architecture and variant. The EAGLE3 variant exists without a score mod only:
+// the rows of the other mods repeat it.
+template <Arch kArch, bool kRowLocal>
+struct FwdRows {
+  template <DType kDType, int kHeadDim, ScoreModKind kMod>
+  struct Row {
+    static constexpr ScoreModKind kKind = kRowLocal ? ScoreModKind::kNone : kMod;
+    static constexpr KernelEntry<LaunchFwd> entry() {
+      return {{kArch, kDType, kHeadDim, kKind, kRowLocal}, launcher<kArch, kDType, kHeadDim, kKind, kRowLocal>()};
+    }
+  };
+};
 
 template <std::size_t N, std::size_t M>
 constexpr std::array<KernelEntry<LaunchFwd>, N + M> join(const std::array<KernelEntry<LaunchFwd>, N>& a,
@@ -66,12 +52,16 @@ constexpr std::array<KernelEntry<LaunchFwd>, N + M> join(const std::array<Kernel
   return out;
 }
 
+template <Arch kArch>
+constexpr auto arch_rows() {
+  return join(make_kernel_rows<LaunchFwd, FwdRows<kArch, false>::template Row>(),
+              make_kernel_rows<LaunchFwd, FwdRows<kArch, true>::template Row>());
+}
+
 #if FLASHFLEX_WITH_SM90
-constexpr auto kFwdKernels = join(join(kSm80Rows, kSm80RowLocalRows),
-                                  join(make_kernel_rows<LaunchFwd, Sm90FwdRow>(),
-                                       make_kernel_rows<LaunchFwd, Sm90FwdRowLocalRow>()));
+constexpr auto kFwdKernels = join(arch_rows<Arch::kSm80>(), arch_rows<Arch::kSm90>());
 #else
-constexpr auto kFwdKernels = join(kSm80Rows, kSm80RowLocalRows);
+constexpr auto kFwdKernels = arch_rows<Arch::kSm80>();
 #endif
 
 }  // namespace
