@@ -16,8 +16,8 @@
 # EAGLE3_BUDGET_S, default 300 s): cases past it print "n/a (time budget)".
 #
 # FA4 (flash_attn.cute: the FA4 rows, and torch flex's BACKEND="FLASH") is not installed on a GPU
-# machine without network; ../shared/tools/fa4_wheels.sh downloads flash-attn-4 and its CuTe DSL
-# wheels into the project root: .fa4a/cu13.tar.xz (the CUDA 13 DSL library, 61 MiB) and .fa4b/
+# machine without network; flash-attn-4 (4.0.0b36) and its CuTe DSL wheels, downloaded with pip where
+# PyPI is reachable, go into the project root: .fa4a/cu13.tar.xz (the CUDA 13 DSL library, 61 MiB) and .fa4b/
 # (the other wheels, 10 MiB), both git-excluded. Where one run can bring at most 64 MiB of
 # untracked files along, that is two runs back to back on the same machine (it keeps /tmp and the
 # installed package between them), without them the FA4 and flex FLASH rows print n/a:
