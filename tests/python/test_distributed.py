@@ -1,0 +1,225 @@
+"""flashflex.distributed on CPU over gloo: every rank's out, lse and gradients (q and every
+key / value input) equal its rows of the single-process float64 reference (dense_reference.py,
+eagle3_reference.py; never flashflex) for causal, document, sliding-window and EAGLE3 TTT masks,
+ring and Ulysses, zig-zag and contiguous layouts, at odd lengths (unequal shards), world sizes
+1 to 4. float64 inputs run the CPU reference block path, so the distributed composition itself
+(ring passes, LSE merges, backward accumulators, all-to-alls, shard offsets) must hold to float64
+rounding: |got - ref| <= 1e-10 max|ref|. float32 inputs run flashflex's kernels per block and
+are held to helpers.TOL. One spawned group per world size runs every case; a failing rank's
+exception fails the test, and a deadline ends a hung group."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dense_reference import dense_attention
+from eagle3_reference import sdpa_reference
+from helpers import LSE_TOL, TOL
+
+import flashflex.distributed as fd
+from flashflex.distributed import shard_masks as sm
+
+FLOAT64_TOL = 1e-10
+DEADLINE_S = 120
+T = 29  # odd: chunks of unequal size for every world size
+
+
+def _dense(kind: str, seq_len: int, doc_ids=None):
+    """The global mask [1 or B, 1, T, T] and its ShardMask."""
+    q = torch.arange(seq_len)[:, None]
+    kv = torch.arange(seq_len)[None, :]
+    if kind == "causal":
+        return (kv <= q)[None, None], sm.causal()
+    if kind == "sliding_window":
+        return ((kv >= q - 5) & (kv <= q + 2))[None, None], sm.sliding_window(5, 2)
+    if kind == "causal_document":
+        same = doc_ids[:, :, None] == doc_ids[:, None, :]
+        return (same & (kv <= q)[None])[:, None], sm.causal() & sm.document(doc_ids)
+    raise ValueError(kind)
+
+
+def _doc_ids(batch: int, seq_len: int) -> torch.Tensor:
+    cuts = [[0, 7, 19], [0, 3, 4, 16]]  # document starts per sample (unequal documents)
+    ids = torch.zeros(batch, seq_len, dtype=torch.int64)
+    for b in range(batch):
+        for start in cuts[b % len(cuts)][1:]:
+            ids[b, start:] += 1
+    return ids
+
+
+def _loss(outs, lses, gen):
+    """sum(out * g) + sum(lse * g) over finite lse (EAGLE3's invalid rows have lse -inf)."""
+    total = 0
+    for o in outs:
+        total = total + (o.to(torch.float64) * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
+    for l in lses:
+        g = torch.randn(l.shape, generator=gen, dtype=torch.float64)
+        total = total + torch.where(torch.isfinite(l), l.to(torch.float64) * g, torch.zeros((), dtype=torch.float64)).sum()
+    return total
+
+
+def _check(what, got, ref, tol, rank, world):
+    ref = fd.shard(ref.detach(), 2, world_size=world, rank=rank, layout=_check.layout)
+    got = got.detach().to(torch.float64)
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
+    assert torch.equal(torch.isneginf(got), torch.isneginf(ref)), f"{what}: -inf rows differ"
+    finite = torch.isfinite(ref)
+    assert torch.isfinite(got[finite]).all(), f"{what}: non-finite values"
+    magnitude = max(ref[finite].abs().max().item() if finite.any() else 0.0, 1.0 if what.startswith("lse") else 1e-30)
+    worst = (got[finite] - ref[finite]).abs().max().item() if finite.any() else 0.0
+    assert worst <= tol * magnitude, (f"{what} (rank {rank} of {world}): max error {worst:.3e} exceeds "
+                                      f"{tol:g} x {magnitude:.3e}")
+
+
+def _attention_case(rank, world, *, kind, method, layout, hq, hkv, head_dim, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    batch = 2
+    q, k, v = (torch.randn(batch, h, T, head_dim, generator=gen, dtype=torch.float64) for h in (hq, hkv, hkv))
+    mask, spec = _dense(kind, T, _doc_ids(batch, T))
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref_out, ref_lse = dense_attention(*ref_in, mask=mask)
+    loss_seed = seed + 1
+    _loss([ref_out], [ref_lse], torch.Generator().manual_seed(loss_seed)).backward()
+
+    local = [fd.shard(t.to(dtype), 2, world_size=world, rank=rank, layout=layout).requires_grad_() for t in (q, k, v)]
+    attend = fd.ring_attention if method == "ring" else fd.ulysses_attention
+    out, lse = attend(*local, spec, seq_len=T, layout=layout, enable_gqa=hq != hkv, return_lse=True)
+    # The same loss weights as the reference, on this rank's rows.
+    g = torch.Generator().manual_seed(loss_seed)
+    go = torch.randn(ref_out.shape, generator=g, dtype=torch.float64)
+    gl = torch.randn(ref_lse.shape, generator=g, dtype=torch.float64)
+    shard = lambda t: fd.shard(t, 2, world_size=world, rank=rank, layout=layout)  # noqa: E731
+    ((out.to(torch.float64) * shard(go)).sum() + (lse.to(torch.float64) * shard(gl)).sum()).backward()
+
+    tol = FLOAT64_TOL if dtype == torch.float64 else TOL[dtype]
+    name = f"{method} {kind} {layout} {dtype}"
+    _check.layout = layout
+    _check(f"out ({name})", out, ref_out, tol, rank, world)
+    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world)
+    for label, got, ref in zip(("dq", "dk", "dv"), local, ref_in):
+        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world)
+
+
+def _ttt_case(rank, world, *, method, layout, step, lengths, hq, hkv, head_dim, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    batch = len(lengths)
+    q = torch.randn(batch, hq, T, head_dim, generator=gen, dtype=torch.float64)
+    ks = [torch.randn(batch, hkv, T, head_dim, generator=gen, dtype=torch.float64) for _ in range(step + 1)]
+    vs = [torch.randn(batch, hkv, T, head_dim, generator=gen, dtype=torch.float64) for _ in range(step + 1)]
+    seq_lengths = torch.tensor(lengths)
+    ref_in = [t.clone().requires_grad_() for t in (q, *ks, *vs)]
+    ref_out, ref_lse = sdpa_reference(ref_in[0], ref_in[1:step + 2], ref_in[step + 2:], seq_lengths)
+
+    shard = lambda t: fd.shard(t, 2, world_size=world, rank=rank, layout=layout)  # noqa: E731
+    local = [shard(t.to(dtype)).requires_grad_() for t in (q, *ks, *vs)]
+    out, lse = fd.ttt_attention(local[0], local[1:step + 2], local[step + 2:], lengths, seq_len=T, layout=layout,
+                                return_lse=True, method=method)
+    g = torch.Generator().manual_seed(seed + 1)
+    go = torch.randn(ref_out.shape, generator=g, dtype=torch.float64)
+    gl = torch.randn(ref_lse.shape, generator=g, dtype=torch.float64)
+
+    def loss(o, l, go, gl):
+        return (o.to(torch.float64) * go).sum() + torch.where(torch.isfinite(l), l.to(torch.float64) * gl,
+                                                              torch.zeros((), dtype=torch.float64)).sum()
+
+    loss(ref_out, ref_lse, go, gl).backward()
+    loss(out, lse, shard(go), shard(gl)).backward()
+
+    tol = FLOAT64_TOL if dtype == torch.float64 else TOL[dtype]
+    name = f"ttt {method} step {step} {layout} {dtype}"
+    _check.layout = layout
+    _check(f"out ({name})", out, ref_out, tol, rank, world)
+    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world)
+    labels = ["dq"] + [f"dk{j}" for j in range(step + 1)] + [f"dv{j}" for j in range(step + 1)]
+    for label, got, ref in zip(labels, local, ref_in):
+        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world)
+
+
+F64, F32 = torch.float64, torch.float32
+CASES = [
+    (_attention_case, dict(kind="causal", method="ring", layout="zigzag", hq=4, hkv=2, head_dim=16, dtype=F64)),
+    (_attention_case, dict(kind="causal_document", method="ring", layout="zigzag", hq=2, hkv=2, head_dim=16,
+                           dtype=F64)),
+    (_attention_case, dict(kind="sliding_window", method="ring", layout="contiguous", hq=2, hkv=1, head_dim=16,
+                           dtype=F64)),
+    (_attention_case, dict(kind="causal_document", method="ulysses", layout="zigzag", hq=12, hkv=6, head_dim=8,
+                           dtype=F64)),
+    (_ttt_case, dict(method="ring", layout="zigzag", step=2, lengths=[T, 21], hq=4, hkv=2, head_dim=16, dtype=F64)),
+    (_ttt_case, dict(method="ulysses", layout="contiguous", step=1, lengths=[17, T], hq=12, hkv=12, head_dim=8,
+                     dtype=F64)),
+    # flashflex's kernels per block (CPU path), float32.
+    (_attention_case, dict(kind="causal_document", method="ring", layout="zigzag", hq=2, hkv=1, head_dim=64,
+                           dtype=F32)),
+    (_ttt_case, dict(method="ring", layout="zigzag", step=1, lengths=[T, 20], hq=2, hkv=1, head_dim=64, dtype=F32)),
+]
+
+
+def _worker(rank: int, world: int, port: int) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        for i, (case, kwargs) in enumerate(CASES):
+            case(rank, world, seed=100 + i, **kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_distributed_equals_single_process(world):
+    context = mp.start_processes(_worker, args=(world, _free_port()), nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not context.join(timeout=1):  # raises ProcessRaisedException when a rank fails
+            assert time.monotonic() < deadline, f"world size {world}: no result within {DEADLINE_S} s (hung?)"
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+# Shard awareness without processes: every block mask is the global mask's block, and a block
+# declared empty sees nothing.
+@pytest.mark.parametrize("kind", ["causal", "sliding_window", "causal_document"])
+def test_block_masks_are_global_blocks(kind):
+    ids = _doc_ids(2, T)
+    dense, spec = _dense(kind, T, ids)
+    dense = dense.expand(2, 1, T, T)
+    bounds = fd.chunk_bounds(T, 7)
+    for qr in bounds:
+        for kr in bounds:
+            want = dense[:, :, qr[0]:qr[1], kr[0]:kr[1]]
+            block = spec.block(qr, kr)
+            grids = [torch.arange(n).view([n if i == d else 1 for i in range(4)])
+                     for d, n in enumerate((2, 1, qr[1] - qr[0], kr[1] - kr[0]))]
+            got = block(*grids).expand(want.shape)
+            assert torch.equal(got, want), f"{spec}: block {qr} x {kr} differs from the global mask"
+            if spec.empty(qr, kr):
+                assert not want.any(), f"{spec}: block {qr} x {kr} declared empty but sees keys"
+
+
+@pytest.mark.parametrize("world,layout", [(1, "zigzag"), (3, "zigzag"), (4, "zigzag"), (4, "contiguous")])
+def test_shard_unshard_round_trip(world, layout):
+    x = torch.arange(2 * 3 * T).view(2, 3, T)
+    parts = [fd.shard(x, 2, world_size=world, rank=r, layout=layout) for r in range(world)]
+    assert sum(p.shape[2] for p in parts) == T
+    assert max(p.shape[2] for p in parts) - min(p.shape[2] for p in parts) <= 2
+    assert torch.equal(fd.unshard(parts, T, 2, layout), x)
+    if layout == "zigzag":  # rank r holds chunks r and 2W-1-r
+        bounds = fd.chunk_bounds(T, 2 * world)
+        assert fd.rank_ranges(T, world, 0, layout) == [bounds[0], bounds[-1]]
