@@ -55,19 +55,23 @@ def _doc_ids(batch: int, seq_len: int) -> torch.Tensor:
     return ids
 
 
-def _loss(outs, lses, gen):
-    """sum(out * g) + sum(lse * g) over finite lse (EAGLE3's invalid rows have lse -inf)."""
-    total = 0
-    for o in outs:
-        total = total + (o.to(torch.float64) * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
-    for l in lses:
-        g = torch.randn(l.shape, generator=gen, dtype=torch.float64)
-        total = total + torch.where(torch.isfinite(l), l.to(torch.float64) * g, torch.zeros((), dtype=torch.float64)).sum()
-    return total
+def _loss(out, lse, go, gl):
+    """sum(out * go) + sum(lse * gl) over finite lse (EAGLE3's invalid rows have lse -inf)."""
+    lse = lse.to(torch.float64)
+    return (out.to(torch.float64) * go).sum() + torch.where(torch.isfinite(lse), lse * gl,
+                                                            torch.zeros((), dtype=torch.float64)).sum()
 
 
-def _check(what, got, ref, tol, rank, world):
-    ref = fd.shard(ref.detach(), 2, world_size=world, rank=rank, layout=_check.layout)
+def _loss_weights(out, lse, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(out.shape, generator=g, dtype=torch.float64),
+            torch.randn(lse.shape, generator=g, dtype=torch.float64))
+
+
+def _check(what, got, ref, tol, rank, world, layout):
+    """got (this rank's) against this rank's rows of ref: |got - ref| <= tol * max|ref| (at least
+    1 for lse, whose error near 0 is absolute), -inf exactly where ref is -inf."""
+    ref = fd.shard(ref.detach(), 2, world_size=world, rank=rank, layout=layout)
     got = got.detach().to(torch.float64)
     assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
     assert torch.equal(torch.isneginf(got), torch.isneginf(ref)), f"{what}: -inf rows differ"
@@ -86,26 +90,21 @@ def _attention_case(rank, world, *, kind, method, layout, hq, hkv, head_dim, dty
     mask, spec = _dense(kind, T, _doc_ids(batch, T))
     ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
     ref_out, ref_lse = dense_attention(*ref_in, mask=mask)
-    loss_seed = seed + 1
-    _loss([ref_out], [ref_lse], torch.Generator().manual_seed(loss_seed)).backward()
+    go, gl = _loss_weights(ref_out, ref_lse, seed + 1)
+    _loss(ref_out, ref_lse, go, gl).backward()
 
     local = [fd.shard(t.to(dtype), 2, world_size=world, rank=rank, layout=layout).requires_grad_() for t in (q, k, v)]
     attend = fd.ring_attention if method == "ring" else fd.ulysses_attention
     out, lse = attend(*local, spec, seq_len=T, layout=layout, enable_gqa=hq != hkv, return_lse=True)
-    # The same loss weights as the reference, on this rank's rows.
-    g = torch.Generator().manual_seed(loss_seed)
-    go = torch.randn(ref_out.shape, generator=g, dtype=torch.float64)
-    gl = torch.randn(ref_lse.shape, generator=g, dtype=torch.float64)
     shard = lambda t: fd.shard(t, 2, world_size=world, rank=rank, layout=layout)  # noqa: E731
-    ((out.to(torch.float64) * shard(go)).sum() + (lse.to(torch.float64) * shard(gl)).sum()).backward()
+    _loss(out, lse, shard(go), shard(gl)).backward()  # the reference's loss weights, on this rank's rows
 
     tol = FLOAT64_TOL if dtype == torch.float64 else TOL[dtype]
     name = f"{method} {kind} {layout} {dtype}"
-    _check.layout = layout
-    _check(f"out ({name})", out, ref_out, tol, rank, world)
-    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world)
+    _check(f"out ({name})", out, ref_out, tol, rank, world, layout)
+    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world, layout)
     for label, got, ref in zip(("dq", "dk", "dv"), local, ref_in):
-        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world)
+        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world, layout)
 
 
 def _ttt_case(rank, world, *, method, layout, step, lengths, hq, hkv, head_dim, dtype, seed):
@@ -122,25 +121,17 @@ def _ttt_case(rank, world, *, method, layout, step, lengths, hq, hkv, head_dim, 
     local = [shard(t.to(dtype)).requires_grad_() for t in (q, *ks, *vs)]
     out, lse = fd.ttt_attention(local[0], local[1:step + 2], local[step + 2:], lengths, seq_len=T, layout=layout,
                                 return_lse=True, method=method)
-    g = torch.Generator().manual_seed(seed + 1)
-    go = torch.randn(ref_out.shape, generator=g, dtype=torch.float64)
-    gl = torch.randn(ref_lse.shape, generator=g, dtype=torch.float64)
-
-    def loss(o, l, go, gl):
-        return (o.to(torch.float64) * go).sum() + torch.where(torch.isfinite(l), l.to(torch.float64) * gl,
-                                                              torch.zeros((), dtype=torch.float64)).sum()
-
-    loss(ref_out, ref_lse, go, gl).backward()
-    loss(out, lse, shard(go), shard(gl)).backward()
+    go, gl = _loss_weights(ref_out, ref_lse, seed + 1)
+    _loss(ref_out, ref_lse, go, gl).backward()
+    _loss(out, lse, shard(go), shard(gl)).backward()
 
     tol = FLOAT64_TOL if dtype == torch.float64 else TOL[dtype]
     name = f"ttt {method} step {step} {layout} {dtype}"
-    _check.layout = layout
-    _check(f"out ({name})", out, ref_out, tol, rank, world)
-    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world)
+    _check(f"out ({name})", out, ref_out, tol, rank, world, layout)
+    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world, layout)
     labels = ["dq"] + [f"dk{j}" for j in range(step + 1)] + [f"dv{j}" for j in range(step + 1)]
     for label, got, ref in zip(labels, local, ref_in):
-        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world)
+        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world, layout)
 
 
 F64, F32 = torch.float64, torch.float32
