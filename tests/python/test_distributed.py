@@ -134,6 +134,17 @@ def _ttt_case(rank, world, *, method, layout, step, lengths, hq, hkv, head_dim, 
         _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world, layout)
 
 
+def _error_case(rank, world, *, seed):
+    """Wrong shards fail on every rank before any transfer, naming the argument and the value."""
+    wrong = torch.zeros(1, 1, fd.local_length(T, world, rank) + 1, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"q: expected local length {fd.local_length(T, world, rank)}"):
+        fd.ring_attention(wrong, wrong, wrong, seq_len=T)
+    if world > 1:
+        heads = torch.zeros(1, world + 1, fd.local_length(T, world, rank), 16, dtype=torch.float64)
+        with pytest.raises(ValueError, match="divisible by the world size"):
+            fd.ulysses_attention(heads, heads, heads, seq_len=T)
+
+
 F64, F32 = torch.float64, torch.float32
 CASES = [
     (_attention_case, dict(kind="causal", method="ring", layout="zigzag", hq=4, hkv=2, head_dim=16, dtype=F64)),
@@ -150,6 +161,7 @@ CASES = [
     (_attention_case, dict(kind="causal_document", method="ring", layout="zigzag", hq=2, hkv=1, head_dim=64,
                            dtype=F32)),
     (_ttt_case, dict(method="ring", layout="zigzag", step=1, lengths=[T, 20], hq=2, hkv=1, head_dim=64, dtype=F32)),
+    (_error_case, {}),
 ]
 
 
