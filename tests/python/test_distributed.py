@@ -72,7 +72,7 @@ def _check(what, got, ref, tol, rank, world, layout):
     """got (this rank's) against this rank's rows of ref: |got - ref| <= tol * max|ref| (at least
     1 for lse, whose error near 0 is absolute), -inf exactly where ref is -inf."""
     ref = fd.shard(ref.detach(), 2, world_size=world, rank=rank, layout=layout)
-    got = got.detach().to(torch.float64)
+    got = got.detach().to(device="cpu", dtype=torch.float64)
     assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
     assert torch.equal(torch.isneginf(got), torch.isneginf(ref)), f"{what}: -inf rows differ"
     finite = torch.isfinite(ref)
@@ -83,64 +83,75 @@ def _check(what, got, ref, tol, rank, world, layout):
                                       f"{tol:g} x {magnitude:.3e}")
 
 
-def _attention_case(rank, world, *, kind, method, layout, hq, hkv, head_dim, dtype, seed):
+def _tolerances(dtype):
+    """(out and gradients, lse): float64 to its rounding; the kernels' dtypes as helpers.TOL, the
+    gradients of bf16 / fp16 at twice that (their block gradients are rounded before the sum)."""
+    if dtype == torch.float64:
+        return FLOAT64_TOL, FLOAT64_TOL, FLOAT64_TOL
+    return TOL[dtype], LSE_TOL, TOL[dtype] * (1 if dtype == torch.float32 else 2)
+
+
+def _attention_case(rank, world, *, kind, method, layout, hq, hkv, head_dim, dtype, seed, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     batch = 2
-    q, k, v = (torch.randn(batch, h, T, head_dim, generator=gen, dtype=torch.float64) for h in (hq, hkv, hkv))
+    # Rounded to dtype first: the reference runs on the very values the ranks receive.
+    q, k, v = (torch.randn(batch, h, T, head_dim, generator=gen, dtype=torch.float64).to(dtype)
+               for h in (hq, hkv, hkv))
     mask, spec = _dense(kind, T, _doc_ids(batch, T))
-    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref_in = [t.to(torch.float64, copy=True).requires_grad_() for t in (q, k, v)]
     ref_out, ref_lse = dense_attention(*ref_in, mask=mask)
     go, gl = _loss_weights(ref_out, ref_lse, seed + 1)
     _loss(ref_out, ref_lse, go, gl).backward()
 
-    local = [fd.shard(t.to(dtype), 2, world_size=world, rank=rank, layout=layout).requires_grad_() for t in (q, k, v)]
+    local = [fd.shard(t.to(device), 2, world_size=world, rank=rank, layout=layout).requires_grad_()
+             for t in (q, k, v)]
     attend = fd.ring_attention if method == "ring" else fd.ulysses_attention
     out, lse = attend(*local, spec, seq_len=T, layout=layout, enable_gqa=hq != hkv, return_lse=True)
     shard = lambda t: fd.shard(t, 2, world_size=world, rank=rank, layout=layout)  # noqa: E731
-    _loss(out, lse, shard(go), shard(gl)).backward()  # the reference's loss weights, on this rank's rows
+    # The reference's loss weights, on this rank's rows.
+    _loss(out, lse, shard(go).to(device), shard(gl).to(device)).backward()
 
-    tol = FLOAT64_TOL if dtype == torch.float64 else TOL[dtype]
+    tol, lse_tol, grad_tol = _tolerances(dtype)
     name = f"{method} {kind} {layout} {dtype}"
     _check(f"out ({name})", out, ref_out, tol, rank, world, layout)
-    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world, layout)
+    _check(f"lse ({name})", lse, ref_lse, lse_tol, rank, world, layout)
     for label, got, ref in zip(("dq", "dk", "dv"), local, ref_in):
-        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world, layout)
+        _check(f"{label} ({name})", got.grad, ref.grad, grad_tol, rank, world, layout)
 
 
-def _ttt_case(rank, world, *, method, layout, step, lengths, hq, hkv, head_dim, dtype, seed):
+def _ttt_case(rank, world, *, method, layout, step, lengths, hq, hkv, head_dim, dtype, seed, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     batch = len(lengths)
-    q = torch.randn(batch, hq, T, head_dim, generator=gen, dtype=torch.float64)
-    ks = [torch.randn(batch, hkv, T, head_dim, generator=gen, dtype=torch.float64) for _ in range(step + 1)]
-    vs = [torch.randn(batch, hkv, T, head_dim, generator=gen, dtype=torch.float64) for _ in range(step + 1)]
+    shapes = [(batch, hq, T, head_dim)] + [(batch, hkv, T, head_dim)] * (2 * step + 2)
+    inputs = [torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype) for shape in shapes]
     seq_lengths = torch.tensor(lengths)
-    ref_in = [t.clone().requires_grad_() for t in (q, *ks, *vs)]
+    ref_in = [t.to(torch.float64, copy=True).requires_grad_() for t in inputs]
     ref_out, ref_lse = sdpa_reference(ref_in[0], ref_in[1:step + 2], ref_in[step + 2:], seq_lengths)
 
     shard = lambda t: fd.shard(t, 2, world_size=world, rank=rank, layout=layout)  # noqa: E731
-    local = [shard(t.to(dtype)).requires_grad_() for t in (q, *ks, *vs)]
+    local = [shard(t.to(device)).requires_grad_() for t in inputs]
     out, lse = fd.ttt_attention(local[0], local[1:step + 2], local[step + 2:], lengths, seq_len=T, layout=layout,
                                 return_lse=True, method=method)
     go, gl = _loss_weights(ref_out, ref_lse, seed + 1)
     _loss(ref_out, ref_lse, go, gl).backward()
-    _loss(out, lse, shard(go), shard(gl)).backward()
+    _loss(out, lse, shard(go).to(device), shard(gl).to(device)).backward()
 
-    tol = FLOAT64_TOL if dtype == torch.float64 else TOL[dtype]
+    tol, lse_tol, grad_tol = _tolerances(dtype)
     name = f"ttt {method} step {step} {layout} {dtype}"
     _check(f"out ({name})", out, ref_out, tol, rank, world, layout)
-    _check(f"lse ({name})", lse, ref_lse, tol if dtype == torch.float64 else LSE_TOL, rank, world, layout)
+    _check(f"lse ({name})", lse, ref_lse, lse_tol, rank, world, layout)
     labels = ["dq"] + [f"dk{j}" for j in range(step + 1)] + [f"dv{j}" for j in range(step + 1)]
     for label, got, ref in zip(labels, local, ref_in):
-        _check(f"{label} ({name})", got.grad, ref.grad, tol, rank, world, layout)
+        _check(f"{label} ({name})", got.grad, ref.grad, grad_tol, rank, world, layout)
 
 
-def _error_case(rank, world, *, seed):
+def _error_case(rank, world, *, seed, device="cpu"):
     """Wrong shards fail on every rank before any transfer, naming the argument and the value."""
-    wrong = torch.zeros(1, 1, fd.local_length(T, world, rank) + 1, 16, dtype=torch.float64)
+    wrong = torch.zeros(1, 1, fd.local_length(T, world, rank) + 1, 16, dtype=torch.float64, device=device)
     with pytest.raises(ValueError, match=f"q: expected local length {fd.local_length(T, world, rank)}"):
         fd.ring_attention(wrong, wrong, wrong, seq_len=T)
     if world > 1:
-        heads = torch.zeros(1, world + 1, fd.local_length(T, world, rank), 16, dtype=torch.float64)
+        heads = torch.zeros(1, world + 1, fd.local_length(T, world, rank), 16, dtype=torch.float64, device=device)
         with pytest.raises(ValueError, match="divisible by the world size"):
             fd.ulysses_attention(heads, heads, heads, seq_len=T)
 
@@ -160,18 +171,29 @@ CASES = [
     # flashflex's kernels per block (CPU path), float32.
     (_attention_case, dict(kind="causal_document", method="ring", layout="zigzag", hq=2, hkv=1, head_dim=64,
                            dtype=F32)),
+    (_attention_case, dict(kind="causal", method="ulysses", layout="zigzag", hq=12, hkv=6, head_dim=64,
+                           dtype=F32)),
     (_ttt_case, dict(method="ring", layout="zigzag", step=1, lengths=[T, 20], hq=2, hkv=1, head_dim=64, dtype=F32)),
     (_error_case, {}),
 ]
 
 
-def _worker(rank: int, world: int, port: int) -> None:
+def _worker(rank: int, world: int, port: int, backend: str = "gloo", cases=None, dtype_map=None) -> None:
+    """Every case on this rank. nccl: rank r on GPU r; dtype_map replaces the cases' dtypes."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    device = "cpu"
+    if backend == "nccl":
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast stays off on the lent machines
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        for i, (case, kwargs) in enumerate(CASES):
-            case(rank, world, seed=100 + i, **kwargs)
+        for i, (case, kwargs) in enumerate(CASES if cases is None else cases):
+            kwargs = dict(kwargs)
+            if dtype_map and "dtype" in kwargs:
+                kwargs["dtype"] = dtype_map.get(kwargs["dtype"], kwargs["dtype"])
+            case(rank, world, seed=100 + i, device=device, **kwargs)
     finally:
         dist.destroy_process_group()
 
@@ -182,9 +204,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_distributed_equals_single_process(world):
-    context = mp.start_processes(_worker, args=(world, _free_port()), nprocs=world, join=False, start_method="spawn")
+def run_group(world: int, *worker_args) -> None:
+    """_worker on `world` spawned ranks; re-raises a rank's exception; fails after DEADLINE_S."""
+    context = mp.start_processes(_worker, args=(world, _free_port(), *worker_args), nprocs=world, join=False,
+                                 start_method="spawn")
     deadline = time.monotonic() + DEADLINE_S
     try:
         while not context.join(timeout=1):  # raises ProcessRaisedException when a rank fails
@@ -194,6 +217,11 @@ def test_distributed_equals_single_process(world):
             if p.is_alive():
                 p.terminate()
                 p.join(5)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_distributed_equals_single_process(world):
+    run_group(world)
 
 
 # Shard awareness without processes: every block mask is the global mask's block, and a block
