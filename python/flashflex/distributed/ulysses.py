@@ -11,7 +11,7 @@ the Hq query heads before the all-to-all (more traffic, same result; its gradien
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
