@@ -216,7 +216,7 @@ BackwardPlan plan_backward(const BackwardArgs& args, double scale, Workspace wor
   plan.semaphore_bytes = w.semaphore_bytes;
   plan.rank_bytes = w.rank_bytes;
 
-  DeviceGuard guard(q.device.index);
+  // Device attributes are read by index: the launches' device guard is the caller's (run_*).
   const Arch arch = select_arch(q.device.index, args.backend);
   const KernelKey key{arch, q.dtype, p.head_dim, args.score_mod.kind, false};
   plan.main = select_kernel(kBwdKernels, key, arch, args.backend, "backward").launch;

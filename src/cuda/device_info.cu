@@ -55,7 +55,7 @@ int kernel_binary_arch(const void* kernel, int device) {
   return attr.binaryVersion;
 }
 
-void prepare_kernel_smem(const void* kernel, int smem_bytes, int device, const char* what) {
+void prepare_kernel_smem(const void* kernel, int smem_bytes, int device, const char* kernel_name, int head_dim) {
   static std::set<std::pair<const void*, int>> done;
   {
     std::lock_guard<std::mutex> lock(cache_mutex());
@@ -63,7 +63,8 @@ void prepare_kernel_smem(const void* kernel, int smem_bytes, int device, const c
   }
   const int optin = device_info(device).smem_optin;
   if (smem_bytes > optin) {
-    throw Error(ErrorKind::kUnsupported, flashflex::detail::concat("q: ", what, " needs ", smem_bytes,
+    throw Error(ErrorKind::kUnsupported, flashflex::detail::concat("q: ", kernel_name, " for head_dim ", head_dim,
+                                                                   " needs ", smem_bytes,
                                                                    " bytes of shared memory per block, device ",
                                                                    device, " allows ", optin));
   }

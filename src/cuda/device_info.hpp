@@ -23,8 +23,9 @@ const DeviceInfo& device_info(int device);
 int current_device();
 int kernel_binary_arch(const void* kernel, int device);
 
-// `what` names the kernel in the error ("the CUDA forward for head_dim 256").
-void prepare_kernel_smem(const void* kernel, int smem_bytes, int device, const char* what);
+// `kernel_name` and `head_dim` name the kernel in the error ("the CUDA forward for head_dim 256"),
+// formatted only then: the launch path builds no string.
+void prepare_kernel_smem(const void* kernel, int smem_bytes, int device, const char* kernel_name, int head_dim);
 
 // kSm90 on compute capability 9.x when the build has sm_90a kernels and `requested` allows it
 // (Backend::kAuto or kSm90); kSm80 otherwise. Requesting kSm90 where it cannot run throws.

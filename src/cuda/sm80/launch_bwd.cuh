@@ -28,8 +28,7 @@ void launch_bwd_main(const cuda::BwdParams& p, void* stream) {
   const void* key = reinterpret_cast<const void*>(kernel);
   const int device = cuda::current_device();
   const int smem_bytes = cuda::kernel_binary_arch(key, device) >= 90 ? Tr::kSmemBytesBulkDq : Tr::kSmemBytes;
-  cuda::prepare_kernel_smem(key, smem_bytes, device,
-                            flashflex::detail::concat("the CUDA backward for head_dim ", kHeadDim).c_str());
+  cuda::prepare_kernel_smem(key, smem_bytes, device, "the CUDA backward", kHeadDim);
   // (kv head x split, kv block, batch): blocks launch in order of x fastest, so every kv head's
   // first kv block starts before any second one (causal: the longest CTAs first, a shorter tail).
   const int kv_blocks = (p.kv_len + Tr::kBlockN - 1) / Tr::kBlockN;

@@ -24,8 +24,7 @@ void launch_fwd(const cuda::FwdParams& params, void* stream) {
   constexpr int kSmem = Traits::kSmemBytes;
   auto kernel = fwd_kernel<Traits, kMod, kRowLocal>;
   const int device = cuda::current_device();
-  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device,
-                            flashflex::detail::concat("the CUDA forward for head_dim ", kHeadDim).c_str());
+  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device, "the CUDA forward", kHeadDim);
 
   const int64_t blocks =
       static_cast<int64_t>(params.num_q_tiles) * Traits::kMBlocksPerTile * params.batch * params.q_heads;

@@ -34,8 +34,7 @@ void launch_fwd(const cuda::FwdParams& p, void* stream) {
     throw Error(ErrorKind::kUnsupported, "block_mask: the sm90 forward needs 16-byte aligned bitmaps");
   }
   const int device = cuda::current_device();
-  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device,
-                            flashflex::detail::concat("the sm90 forward for head_dim ", kHeadDim).c_str());
+  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device, "the sm90 forward", kHeadDim);
 
   const int64_t tiles = static_cast<int64_t>(p.num_q_tiles) * p.batch * p.q_heads;
   if (tiles == 0) return;
