@@ -4,7 +4,9 @@
 // plans, on the caller's stream:
 //   pre    memsets (dQ accumulator, dbias accumulator, semaphores); [deterministic with a block
 //          mask] dQ order of the kv tiles; preprocess: LSE2, dpsum = rowsum(dO * O) - dlse
-//   main   the main kernel of the key from the table below (kernel_table.hpp; sm80/bwd_*.cu)
+//   main   the main kernel of the key from the table below (kernel_table.hpp; sm80/bwd_*.cu,
+//          sm90/bwd_*.cu; with the automatic backend, a call the sm90 kernel cannot take, as
+//          sm90::bwd_unsupported says, runs on the sm80 kernel)
 //   post   dq = dQacc * scale; dk, dv summed over the CTAs of a split GQA group; dbias
 // (the passes other than main: bwd/passes.hpp). GQA: a CTA walks heads_per_cta query heads of its
 // group (choose_heads_per_cta below); the group's other heads go to sibling CTAs whose fp32 dK / dV
@@ -21,6 +23,9 @@
 #include "cuda/launch.hpp"
 #include "cuda/launch_common.hpp"
 #include "cuda/sm80/launch_bwd.hpp"
+#if FLASHFLEX_WITH_SM90
+#include "cuda/sm90/launch_bwd.hpp"
+#endif
 
 namespace flashflex::cuda {
 namespace {
@@ -34,7 +39,23 @@ struct Sm80BwdRow {
   }
 };
 
+#if FLASHFLEX_WITH_SM90
+// The sm90 backward covers head dims 64 and 128 (sm90/kernel_traits_bwd.cuh); 256 runs on sm80.
+template <DType kDType, int kHeadDim, ScoreModKind kMod>
+struct Sm90BwdRow {
+  static constexpr LaunchBwd launcher() {
+    if constexpr (kHeadDim == 64 || kHeadDim == 128) return &sm90::launch_bwd<kDType, kHeadDim, kMod>;
+    return nullptr;
+  }
+  static constexpr KernelEntry<LaunchBwd> entry() { return {{Arch::kSm90, kDType, kHeadDim, kMod, false}, launcher()}; }
+};
+
+constexpr auto kSm90BwdSet = make_kernel_rows<LaunchBwd, Sm90BwdRow>();
+constexpr auto kBwdKernels =
+    join(make_kernel_rows<LaunchBwd, Sm80BwdRow>(), built_rows<count_built(kSm90BwdSet)>(kSm90BwdSet));
+#else
 constexpr auto kBwdKernels = make_kernel_rows<LaunchBwd, Sm80BwdRow>();
+#endif
 
 // ---- checks ----------------------------------------------------------------------------------
 
@@ -218,8 +239,18 @@ BackwardPlan plan_backward(const BackwardArgs& args, double scale, Workspace wor
 
   // Device attributes are read by index: the launches' device guard is the caller's (run_*).
   const Arch arch = select_arch(q.device.index, args.backend);
-  const KernelKey key{arch, q.dtype, p.head_dim, args.score_mod.kind, false};
-  plan.main = select_kernel(kBwdKernels, key, arch, args.backend, "backward").launch;
+  KernelKey key{arch, q.dtype, p.head_dim, args.score_mod.kind, false};
+  const KernelEntry<LaunchBwd>* kernel = &select_kernel(kBwdKernels, key, arch, args.backend, "backward");
+#if FLASHFLEX_WITH_SM90
+  if (kernel->key.arch == Arch::kSm90) {
+    if (const char* why = sm90::bwd_unsupported(p)) {  // the automatic backend takes the sm80 kernel
+      if (args.backend != Backend::kAuto) throw Error(ErrorKind::kUnsupported, why);
+      key.arch = Arch::kSm80;
+      kernel = &find_kernel(kBwdKernels, key, "backward");
+    }
+  }
+#endif
+  plan.main = kernel->launch;
   plan.passes = &bwd::find_passes(q.dtype, p.head_dim);
   return plan;
 }

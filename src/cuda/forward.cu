@@ -43,15 +43,6 @@ struct FwdRows {
   };
 };
 
-template <std::size_t N, std::size_t M>
-constexpr std::array<KernelEntry<LaunchFwd>, N + M> join(const std::array<KernelEntry<LaunchFwd>, N>& a,
-                                                         const std::array<KernelEntry<LaunchFwd>, M>& b) {
-  std::array<KernelEntry<LaunchFwd>, N + M> out{};
-  for (std::size_t i = 0; i < N; ++i) out[i] = a[i];
-  for (std::size_t i = 0; i < M; ++i) out[N + i] = b[i];
-  return out;
-}
-
 template <Arch kArch>
 constexpr auto arch_rows() {
   return join(make_kernel_rows<LaunchFwd, FwdRows<kArch, false>::template Row>(),

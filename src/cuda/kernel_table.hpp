@@ -54,6 +54,34 @@ constexpr auto make_kernel_rows() {
       std::make_index_sequence<kNumKernelDTypes * kNumKernelHeadDims * kNumKernelMods>{});
 }
 
+template <class Launch, std::size_t N, std::size_t M>
+constexpr std::array<KernelEntry<Launch>, N + M> join(const std::array<KernelEntry<Launch>, N>& a,
+                                                      const std::array<KernelEntry<Launch>, M>& b) {
+  std::array<KernelEntry<Launch>, N + M> out{};
+  for (std::size_t i = 0; i < N; ++i) out[i] = a[i];
+  for (std::size_t i = 0; i < M; ++i) out[N + i] = b[i];
+  return out;
+}
+
+// A family may build only part of the set: its Row leaves the launch of the other keys null.
+template <class Launch, std::size_t N>
+constexpr std::size_t count_built(const std::array<KernelEntry<Launch>, N>& rows) {
+  std::size_t n = 0;
+  for (const KernelEntry<Launch>& e : rows) n += e.launch != nullptr ? 1 : 0;
+  return n;
+}
+
+// The rows of `rows` with a launch (M = count_built(rows)).
+template <std::size_t M, class Launch, std::size_t N>
+constexpr std::array<KernelEntry<Launch>, M> built_rows(const std::array<KernelEntry<Launch>, N>& rows) {
+  std::array<KernelEntry<Launch>, M> out{};
+  std::size_t n = 0;
+  for (const KernelEntry<Launch>& e : rows) {
+    if (e.launch != nullptr) out[n++] = e;
+  }
+  return out;
+}
+
 inline std::string describe(const KernelKey& k) {
   return flashflex::detail::concat("(", arch_name(k.arch), ", ", dtype_name(k.dtype), ", head_dim ", k.head_dim,
                                    ", score_mod ", score_mod_name(k.mod), k.row_local ? ", EAGLE3 row-local" : "",

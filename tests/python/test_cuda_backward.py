@@ -107,8 +107,10 @@ def lowp_attention(q, k, v, mask, score_mod, scale):
     return out, lse.squeeze(-1)
 
 
-def flashflex_backward(pb: Problem, out, lse, need_dbias=False, deterministic=False):
-    """The CUDA backward through the binding, with NaN-prefilled outputs: (dq, dk, dv, dbias)."""
+def flashflex_backward(pb: Problem, out, lse, need_dbias=False, deterministic=False, backend="AUTO"):
+    """The CUDA backward through the binding, with NaN-prefilled outputs: (dq, dk, dv, dbias).
+    backend: "AUTO" (the sm90 kernels on compute capability 9.x where they take the call), "SM80"
+    or "SM90" (that family or an error)."""
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (pb.q, pb.k, pb.v))
     mask_tensors = [] if pb.block_mask is None else pb.block_mask._tensors()
     kind, cap, tensor = (pb.mod.kind, pb.mod.cap, pb.mod.tensor) if pb.mod is not None else (0, 0.0, None)
@@ -116,7 +118,7 @@ def flashflex_backward(pb: Problem, out, lse, need_dbias=False, deterministic=Fa
     args = (tensor_ref(pb.q), tensor_ref(pb.k), tensor_ref(pb.v), tensor_ref(out), tensor_ref(pb.dout),
             tensor_ref(lse), tensor_ref(pb.dlse), tensor_ref(dq), tensor_ref(dk), tensor_ref(dv),
             tensor_ref(dbias), pb.scale, _mod_args(kind, cap, tensor), _mask_args(mask_tensors, pb.q, pb.k),
-            deterministic, _C.BACKENDS["AUTO"])
+            deterministic, _C.BACKENDS[backend])
     nbytes = _C.backward_workspace_size(*args)
     # Poisoned workspace: the kernels must initialise what they read.
     workspace = torch.full((max(nbytes, 1),), 0xFF, dtype=torch.uint8, device=pb.q.device)
@@ -133,13 +135,13 @@ def rel_err(got, ref, floor=1e-30):
     return ((got - ref).abs().max() / ref.abs().max().clamp_min(floor)).item()
 
 
-def check(pb: Problem, need_dbias=False, deterministic=False):
+def check(pb: Problem, need_dbias=False, deterministic=False, backend="AUTO"):
     """Runs the backward on `pb` and compares it with the float64 reference; returns the grads."""
     out64, lse64, ref = reference(pb)
     _, _, base = reference(pb, pb.dtype)
     out = out64.to(pb.dtype)
     lse = lse64.float()
-    got = flashflex_backward(pb, out, lse, need_dbias, deterministic)
+    got = flashflex_backward(pb, out, lse, need_dbias, deterministic, backend)
     names = ["dq", "dk", "dv"] + (["dbias"] if need_dbias else [])
     # Gradients far smaller than the others are judged against 1% of the largest one.
     floor = 0.01 * max(r.abs().max().item() for r in ref[:3])
@@ -274,6 +276,60 @@ def test_gradient_through_lse(head_dim, gen):
     bm = builtin_block_mask(case.builtin(flashflex.masks), batch, None, case.q_len, case.kv_len)
     check(Problem(gen, batch, hq, 2, case.q_len, case.kv_len, head_dim, torch.bfloat16,
                   mask_mod=case.torch_mask_mod, block_mask=bm, with_dlse=True))
+
+
+# ---- both kernel families -------------------------------------------------------------------------
+# On compute capability 9.x the calls above run the sm90 kernels (head dims 64 and 128); "SM80"
+# forces the portable kernels, "SM90" the Hopper ones (an error where they cannot take the call,
+# never a silent fallback).
+
+def _is_hopper():
+    return torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.parametrize("backend", ["SM80", "SM90"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_both_paths_causal_gqa_ragged(backend, head_dim, layout, gen):
+    if backend == "SM90" and not _is_hopper():
+        pytest.skip("the sm90 kernels need compute capability 9.x")
+    q_len, kv_len = 333, 461
+    off = kv_len - q_len
+    bm = builtin_block_mask(flashflex.masks.causal(off), None, None, q_len, kv_len)
+    check(Problem(gen, 2, 8, 2, q_len, kv_len, head_dim, torch.bfloat16, layout, mask_mod=causal_mod(off),
+                  block_mask=bm, with_dlse=True), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["SM80", "SM90"])
+@pytest.mark.parametrize("mod_name", sorted(MODS))
+def test_both_paths_score_mods_random_mask(backend, mod_name, gen):
+    if backend == "SM90" and not _is_hopper():
+        pytest.skip("the sm90 kernels need compute capability 9.x")
+    batch, hq = 2, 4
+    case = build_case("random_tiled_table", batch, gen, heads=hq)
+    mod, ref_mod, lowp = MODS[mod_name](gen, hq, case.q_len, case.kv_len, batch)
+    check(Problem(gen, batch, hq, 2, case.q_len, case.kv_len, 128, torch.float16, mask_mod=case.torch_mask_mod,
+                  block_mask=user_block_mask(case.torch_mask_mod, batch, hq, case.q_len, case.kv_len), mod=mod,
+                  ref_mod=ref_mod, lowp_mod=lowp), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["SM80", "SM90"])
+def test_both_paths_bias_and_dbias(backend, gen):
+    if backend == "SM90" and not _is_hopper():
+        pytest.skip("the sm90 kernels need compute capability 9.x")
+    batch, hq, q_len, kv_len = 2, 4, 200, 257
+    bias = randn(gen, batch, hq, q_len, kv_len, dtype=torch.float32).cuda()
+    check(Problem(gen, batch, hq, 2, q_len, kv_len, 128, torch.bfloat16, mod=flashflex.score_mods.bias(bias)),
+          need_dbias=True, backend=backend)
+
+
+def test_sm90_rejects_what_it_cannot_take(gen):
+    if not _is_hopper():
+        pytest.skip("the sm90 kernels need compute capability 9.x")
+    pb = Problem(gen, 1, 2, 2, 65, 65, 256, torch.bfloat16)
+    out64, lse64, _ = reference(pb)
+    with pytest.raises(NotImplementedError, match="sm90"):
+        flashflex_backward(pb, out64.to(pb.dtype), lse64.float(), backend="SM90")
 
 
 # ---- deterministic mode --------------------------------------------------------------------------

@@ -2,14 +2,14 @@
 // writer (src/cuda/common/dq_writer.cuh): an fp32 add of a shared-memory box into a 2-d
 // global tensor (described by a CUtensorMap) performed by the copy engine (TMA) instead of
 // per-thread reductions through the LSU, its bulk-group commit / wait protocol, and the proxy
-// fence that makes ordinary shared stores visible to it. Only for code compiled for sm_90+.
+// fence that makes ordinary shared stores visible to it. Only for code compiled for sm_90+ (the
+// callers guard their uses).
 #pragma once
 
 #include <cstdint>
 
 namespace flashflex::ptx {
 
-#if __CUDA_ARCH__ >= 900
 // tensor[row .. row + box rows, col .. col + box cols] += the box at `smem` (fp32, laid out as the
 // map's box and swizzle say). `map`: a CUtensorMap in kernel-parameter, constant or global memory.
 __device__ __forceinline__ void bulk_tensor_reduce_add_2d(const void* map, uint32_t smem, int col, int row) {
@@ -36,6 +36,4 @@ __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wa
 __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-#endif
-
 }  // namespace flashflex::ptx

@@ -5,24 +5,15 @@
 //   k_full[s]     1 + K's (and a partial step's bitmap) bytes     consumers wait before Q K^T
 //   k_empty[s]    every consumer thread, after Q K^T and the mask producer waits before refilling
 //   v_full[s], v_empty[s]  the same for V, released after P V.
-// PipeState walks a ring: stage, and the parity of the stage's current use (consumers wait
-// full(parity), the producer waits empty(parity ^ 1), which a fresh barrier passes at once).
+// The rings are walked with PipeState (pipe_state.cuh).
 #pragma once
 
 #include <cstdint>
 
 #include "cuda/ptx/mbarrier.cuh"
+#include "cuda/sm90/pipe_state.cuh"
 
 namespace flashflex::sm90 {
-
-template <int kStages>
-struct PipeState {
-  int stage = 0;
-  uint32_t phase = 0;
-  __device__ void advance() {
-    if (++stage == kStages) stage = 0, phase ^= 1;
-  }
-};
 
 template <class Traits>
 struct SmemFwd {

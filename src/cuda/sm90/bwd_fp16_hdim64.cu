@@ -1,0 +1,12 @@
+// Instantiation group of the sm_90a backward main kernel: fp16, head dim 64, every score mod
+// (launch_bwd.cuh); dispatched from src/cuda/backward.cu.
+#include "cuda/sm90/launch_bwd.cuh"
+
+namespace flashflex::sm90 {
+
+template void launch_bwd<DType::kFloat16, 64, ScoreModKind::kNone>(const cuda::BwdParams&, void*);
+template void launch_bwd<DType::kFloat16, 64, ScoreModKind::kSoftcap>(const cuda::BwdParams&, void*);
+template void launch_bwd<DType::kFloat16, 64, ScoreModKind::kAlibi>(const cuda::BwdParams&, void*);
+template void launch_bwd<DType::kFloat16, 64, ScoreModKind::kBias>(const cuda::BwdParams&, void*);
+
+}  // namespace flashflex::sm90

@@ -1,0 +1,230 @@
+// The sm_90a backward main kernel (FlashAttention-3's scheme: TMA, wgmma, warp specialization).
+// One CTA per (kv head x split of its GQA group, kv tile of 128 keys, batch), as the sm80 kernel's
+// grid: K and V stay in shared memory, fp32 dK and dV in the consumers' registers while the
+// producer (mainloop_bwd.cuh) streams the q steps of the CTA's walk (common/q_walk.cuh).
+// Warpgroup 0 is the producer (setmaxnreg down; one thread), warpgroups 1 and 2 the consumers
+// (setmaxnreg up), each owning 64 keys. Per step and consumer warpgroup:
+//   S^T = K Q^T, dP^T = V dO^T                        (SS wgmma; wait)
+//   P^T = exp2(mod(S^T) - LSE2), dS^T = P^T (dP^T - dpsum) mod'   on visible scores
+//                                                     (common/score_mod.cuh; bitmap rows and
+//                                                     the sequence bounds decide visibility)
+//   dV += P^T dO                                      (RS wgmma, P^T from registers)
+//   dS^T -> shared memory; barrier of both consumer warpgroups (dQ needs all 128 keys)
+//   dQ = dS K (its D / 2 columns; SS wgmma), dK += dS^T Q (RS wgmma)
+//   wait dQ: stage it, the copy engine adds it into the fp32 workspace (bulk reduce-add);
+//   wait dK, dV: release the stage
+// The dS^T tile is double-buffered: a warpgroup writes buffer j % 2 at step j only after the
+// barrier of step j - 1, which the other warpgroup passes after its dQ of step j - 2 finished.
+// The launcher is launch_bwd.cuh; bwd/ holds the passes before and after (shared with sm80).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/common/score_mod.cuh"
+#include "cuda/params.hpp"
+#include "cuda/ptx/barrier.cuh"
+#include "cuda/ptx/bulk_reduce.cuh"
+#include "cuda/ptx/math.cuh"
+#include "cuda/ptx/wgmma.cuh"
+#include "cuda/sm90/epilogue_bwd.cuh"
+#include "cuda/sm90/kernel_traits_bwd.cuh"
+#include "cuda/sm90/mainloop_bwd.cuh"
+#include "cuda/sm90/pipeline_bwd.cuh"
+#include "flashflex/block_mask.hpp"
+
+namespace flashflex::sm90 {
+
+// Named barriers (id 0 is __syncthreads): both consumer warpgroups' dS^T stored; one
+// warpgroup's dQ staged.
+constexpr int kBarDs = 1;
+constexpr int kBarDq0 = 2;  // + consumer warpgroup
+
+// P^T and dS^T of one step, in place: acc_s (S^T, raw q.k) becomes P^T, acc_dp (dP^T) becomes
+// dS^T (times the score mod's derivative). Thread layout (ptx/wgmma.cuh): element 4j + 2h + c is
+// key key0 + 8h, step row (q) 8j + 2t + c. bits: the step's bitmap rows (null for a full step),
+// at the word of this thread's keys.
+template <class Traits, ScoreModKind kMod>
+__device__ __forceinline__ void softmax_grad(float (&acc_s)[Traits::kNTilesS * 4], float (&acc_dp)[Traits::kNTilesS * 4],
+                                             const cuda::BwdParams& p, const float* lse2, const float* dpsum,
+                                             const uint32_t* bits, int m0, int n0, int key0, int hq, int b, int t) {
+  const cuda::ScoreModLogit2<kMod> mod(p.mod, p.scale, p.scale_log2, b, hq);
+  const int q_lim = p.q_len - m0, key_lim = p.kv_len - n0;
+  const bool ragged = q_lim < Traits::kBlockM || key_lim < Traits::kBlockN;
+  const int kbit = key0 % 32;
+  float* dbias = nullptr;  // this head's [Q_LEN, KV_LEN] slice of the fp32 dbias accumulator
+  if (kMod == ScoreModKind::kBias && p.dbias_accum != nullptr) {
+    const int bb = p.bias_batch == 1 ? 0 : b, hb = p.bias_heads == 1 ? 0 : hq;
+    dbias = p.dbias_accum + (static_cast<int64_t>(bb) * p.bias_heads + hb) * p.q_len * int64_t(p.kv_len);
+  }
+#pragma unroll
+  for (int j = 0; j < Traits::kNTilesS; ++j) {
+    const int q0 = 8 * j + 2 * t;
+    const float2 row_lse2 = *reinterpret_cast<const float2*>(lse2 + q0);
+    const float2 row_dpsum = *reinterpret_cast<const float2*>(dpsum + q0);
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int q = q0 + c;
+      const float l2 = c == 0 ? row_lse2.x : row_lse2.y;
+      const float dps = c == 0 ? row_dpsum.x : row_dpsum.y;
+      const bool saw_keys = l2 != INFINITY;  // lse -inf: nothing visible, whatever its scores
+      const uint32_t word = bits != nullptr ? bits[q * kBitmapWordsPerRow] >> kbit : ~0u;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int i = 4 * j + 2 * h + c;
+        const int key = key0 + 8 * h;
+        bool visible = (word >> (8 * h)) & 1u;
+        if (ragged) visible = visible && q < q_lim && key < key_lim;
+        float dmod;
+        const float logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod);
+        // Hidden scores enter the exp as -inf (exp2 gives +0).
+        const float pe = ptx::exp2_approx(visible && saw_keys ? logit2 - l2 : -INFINITY);
+        const float ds = pe * (acc_dp[i] - dps);
+        if (kMod == ScoreModKind::kBias && dbias != nullptr && visible) {
+          atomicAdd(dbias + int64_t(m0 + q) * p.kv_len + (n0 + key), ds);
+        }
+        acc_s[i] = pe;
+        acc_dp[i] = ds * dmod;
+      }
+    }
+  }
+}
+
+// dS^T fragments -> the [128 keys][64 q rows] tile (128-byte swizzle: 16-byte chunk ^= key % 8,
+// so the 8 keys x 4 words of a warp's store hit 32 banks).
+template <class Traits>
+__device__ __forceinline__ void store_ds(uint32_t tile, const uint32_t (&ds)[Traits::kKSteps][4], int key0, int t) {
+#pragma unroll
+  for (int kk = 0; kk < Traits::kKSteps; ++kk)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int j = 2 * kk + r / 2, key = key0 + 8 * (r % 2);  // pack order of GemmBwd::pack
+      const int q = 8 * j + 2 * t;
+      const uint32_t addr = tile + key * 128 + (((q / 8) ^ (key % 8)) << 4) + (q % 8) * 2;
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(ds[kk][r]) : "memory");
+    }
+}
+
+// The warpgroup's fp32 dQ columns -> its staging tile: kDqBoxes boxes of 64 rows x 32 columns in
+// the dQ map's 128-byte swizzle (common/dq_writer.cuh's layout).
+template <class Traits>
+__device__ __forceinline__ void stage_dq(uint32_t tile, const float (&acc)[Traits::kDqCols / 2], int row, int t) {
+#pragma unroll
+  for (int j = 0; j < Traits::kDqCols / 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row + 8 * h, c = 8 * j + 2 * t;
+      const uint32_t addr = tile + (c / 32) * Traits::kDqBoxBytes + r * 128 + (((((c % 32) * 4) >> 4) ^ (r & 7)) << 4) +
+                            (((c % 32) * 4) & 15);
+      ptx::st_shared_f32x2(addr, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+    }
+}
+
+template <class Traits, ScoreModKind kMod>
+__device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s, int cwg, int kv_head, int split,
+                             int kv_tile, int b) {
+  using Gemm = GemmBwd<Traits>;
+  const int tid = threadIdx.x % 128;
+  const int lane = tid % 32, warp = tid / 32;
+  const int t = lane % 4;
+  const int wg_row0 = cwg * 64;
+  const int key0 = wg_row0 + warp * 16 + lane / 4;  // this thread's keys: key0, key0 + 8 (in the tile)
+  const int n0 = kv_tile * Traits::kBlockN;
+  const int dq_col0 = cwg * Traits::kDqCols;
+  const bool elected = tid == 0;  // issues this warpgroup's dQ adds
+
+  float acc_dk[Traits::kNTilesKV * 4], acc_dv[Traits::kNTilesKV * 4];
+#pragma unroll
+  for (int i = 0; i < Traits::kNTilesKV * 4; ++i) acc_dk[i] = acc_dv[i] = 0.f;
+
+  ptx::mbar_wait(s.kv_full(), 0);
+  PipeState<Traits::kStages> st;
+  int ds_buf = 0;
+  for (;;) {
+    ptx::mbar_wait(s.full(st.stage), st.phase);
+    const cuda::BwdStep* step = s.step(st.stage);
+    if (!step->valid) break;
+    const int m0 = step->m0, hq = step->hq;
+    const bool partial = step->partial != 0;
+    const int64_t ws_row = step->ws_row;
+
+    float acc_s[Traits::kNTilesS * 4], acc_dp[Traits::kNTilesS * 4];
+    Gemm::gemm_t(acc_s, s.k(), s.q(st.stage), wg_row0);
+    ptx::wgmma_commit();
+    Gemm::gemm_t(acc_dp, s.v(), s.dout(st.stage), wg_row0);
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+    ptx::fence_operand(acc_s);
+    ptx::fence_operand(acc_dp);
+    softmax_grad<Traits, kMod>(acc_s, acc_dp, p, s.lse2_ptr(st.stage), s.dpsum_ptr(st.stage),
+                               partial ? s.bits_ptr(st.stage) + key0 / 32 : nullptr, m0, n0, key0, hq, b, t);
+    uint32_t p_frag[Traits::kKSteps][4], ds_frag[Traits::kKSteps][4];
+    Gemm::pack(p_frag, acc_s);
+    Gemm::pack(ds_frag, acc_dp);
+    Gemm::gemm_acc(acc_dv, p_frag, s.dout(st.stage));
+    ptx::wgmma_commit();
+
+    store_ds<Traits>(s.ds(ds_buf), ds_frag, key0, t);
+    ptx::fence_proxy_async_shared();  // the stores, before the wgmma reads of the other warpgroup
+    if (elected) ptx::bulk_wait_read_all();  // the previous step's dQ add has read the staging tile
+    ptx::named_bar_sync(kBarDs, Traits::kConsumerThreads);
+
+    float acc_dq[Traits::kDqCols / 2];
+    Gemm::gemm_dq(acc_dq, s.ds(ds_buf), s.k(), dq_col0);
+    ptx::wgmma_commit();
+    Gemm::gemm_acc(acc_dk, ds_frag, s.q(st.stage));
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<1>();  // dV and dQ done; dK runs on under the dQ add
+    ptx::fence_operand(acc_dq);
+    stage_dq<Traits>(s.dq(cwg), acc_dq, warp * 16 + lane / 4, t);
+    ptx::fence_proxy_async_shared();
+    ptx::named_bar_sync(kBarDq0 + cwg, 128);
+    if (elected) {
+#pragma unroll
+      for (int c = 0; c < Traits::kDqBoxes; ++c) {
+        ptx::bulk_tensor_reduce_add_2d(&p.dq_map, s.dq(cwg) + c * Traits::kDqBoxBytes, dq_col0 + 32 * c,
+                                       static_cast<int>(ws_row));
+      }
+      ptx::bulk_commit_group();
+    }
+    ptx::wgmma_wait<0>();
+    ptx::fence_operand(acc_dk);
+    ptx::fence_operand(acc_dv);
+    ptx::mbar_arrive(s.empty(st.stage));
+    st.advance();
+    ds_buf ^= 1;
+  }
+  EpilogueBwd<Traits>::store(p, acc_dk, acc_dv, b, kv_head, split, n0 + key0, t);
+  if (elected) ptx::bulk_wait_all();  // shared memory outlives the last dQ adds
+}
+
+template <class Traits, ScoreModKind kMod>
+__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+    bwd_kernel(const __grid_constant__ cuda::BwdParams p, const __grid_constant__ CUtensorMap map_q,
+               const __grid_constant__ CUtensorMap map_k, const __grid_constant__ CUtensorMap map_v,
+               const __grid_constant__ CUtensorMap map_do) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;  // the 128-byte swizzle needs 1 KiB-aligned atoms
+  const SmemBwd<Traits> s{base, smem_raw + (base - raw)};
+  if (threadIdx.x == 0) s.init_barriers();
+  __syncthreads();
+  const int kv_head = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
+  const int kv_tile = blockIdx.y, b = blockIdx.z;
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    ptx::setmaxnreg_dec<Traits::kProducerRegs>();
+    if (threadIdx.x == 0) ProducerBwd<Traits>::run(p, &map_q, &map_k, &map_v, &map_do, s, kv_head, split, kv_tile, b);
+  } else {
+    ptx::setmaxnreg_inc<Traits::kConsumerRegs>();
+    consumer_bwd<Traits, kMod>(p, s, wg - 1, kv_head, split, kv_tile, b);
+  }
+#else
+  __trap();  // built for sm_90a only
+#endif
+}
+
+}  // namespace flashflex::sm90

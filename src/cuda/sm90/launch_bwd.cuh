@@ -1,0 +1,45 @@
+// Definition of the sm_90a backward launchers (declared in launch_bwd.hpp): raises the kernel's
+// shared-memory limit once per device (device_info.hpp), encodes the tensor maps of Q, K, V, dO
+// and of the fp32 dQ accumulator (tma_map.hpp) and launches kernel_bwd.cuh's kernel on the grid
+// (kv head x split, kv tile, batch): blocks launch x fastest, so every kv head's first kv tile
+// (causal: the longest walk) starts before any second one. The caller (backward.cu) has checked
+// bwd_unsupported. Included only by the instantiation files sm90/bwd_*.cu.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "cuda/cuda_check.hpp"
+#include "cuda/device_info.hpp"
+#include "cuda/element_type.cuh"
+#include "cuda/sm90/kernel_bwd.cuh"
+#include "cuda/sm90/launch_bwd.hpp"
+#include "cuda/tma_map.hpp"
+
+namespace flashflex::sm90 {
+
+template <DType kDType, int kHeadDim, ScoreModKind kMod>
+void launch_bwd(const cuda::BwdParams& p, void* stream) {
+  using Traits = typename BwdConfig<cuda::element_t<kDType>, kHeadDim>::Traits;
+  constexpr int kSmem = Traits::kSmemBytes;
+  auto kernel = bwd_kernel<Traits, kMod>;
+  const int device = cuda::current_device();
+  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device, "the sm90 backward", kHeadDim);
+  if (p.num_kv_tiles == 0 || p.batch == 0 || p.kv_heads == 0) return;
+  constexpr bool kBf16 = kDType == DType::kBFloat16;
+  CUtensorMap map_q, map_k, map_v, map_do;
+  cuda::encode_bhtd_map(&map_q, "q", p.q, kBf16, kHeadDim, p.q_len, p.q_heads, p.batch, Traits::kBlockM);
+  cuda::encode_bhtd_map(&map_do, "dout", p.dout, kBf16, kHeadDim, p.q_len, p.q_heads, p.batch, Traits::kBlockM);
+  cuda::encode_bhtd_map(&map_k, "k", p.k, kBf16, kHeadDim, p.kv_len, p.kv_heads, p.batch, Traits::kBlockN);
+  cuda::encode_bhtd_map(&map_v, "v", p.v, kBf16, kHeadDim, p.kv_len, p.kv_heads, p.batch, Traits::kBlockN);
+  cuda::BwdParams args = p;
+  args.dq_bulk = true;
+  cuda::encode_dq_tensor_map(&args.dq_map, p.dq_accum, static_cast<int64_t>(p.batch) * p.q_heads * p.q_len_pad,
+                             kHeadDim, 64);
+  const dim3 grid(static_cast<unsigned>(p.kv_heads * p.splits), static_cast<unsigned>(p.num_kv_tiles),
+                  static_cast<unsigned>(p.batch));
+  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(args, map_q, map_k, map_v, map_do);
+  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace flashflex::sm90
