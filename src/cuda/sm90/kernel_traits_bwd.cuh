@@ -35,8 +35,9 @@ struct BwdTraits {
   static constexpr int kConsumerWGs = 2;
   static constexpr int kConsumerThreads = kConsumerWGs * 128;
   static constexpr int kNumThreads = 128 + kConsumerThreads;
-  // 32 * 128 + 240 * 256 = 65536 registers: the whole register file (launch: 168 per thread).
-  static constexpr int kProducerRegs = 32;
+  // 24 * 128 + 240 * 256 = 168 * 384: setmaxnreg moves registers inside the CTA's launch
+  // allocation (168 per thread), an increase past it waits forever.
+  static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
 
   static constexpr int kColBlocks = kHeadDim / 64;    // 64-column swizzle blocks of a Q / K row
