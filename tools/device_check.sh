@@ -77,7 +77,7 @@ if wants sanitizer; then
   # Only flashflex's kernels are instrumented (kns: kernel-name substring), which keeps torch's
   # own kernels out of the run time; without the caching allocator every tensor is its own
   # allocation, so memcheck sees out-of-bounds accesses past a tensor's end.
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step "$tool-fwd" 200 "$OUT/sanitizer.log" compute-sanitizer --tool "$tool" \
       --kernel-name kns=fwd_kernel --error-exitcode 3 python3 tools/sanitize_fwd.py
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitize_fwd:" "$OUT/sanitizer.log" | tail -2 >>"$SUMMARY"
