@@ -334,7 +334,7 @@ def test_sm90_rejects_what_it_cannot_take(gen):
 
 # ---- deterministic mode --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("head_dim", [128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
 def test_deterministic_is_bitwise_reproducible(masked, head_dim, gen):
     batch, hq, hkv = 2, 8, 2

@@ -13,6 +13,7 @@
 //   dQ = dS K (its D / 2 columns; SS wgmma), dK += dS^T Q (RS wgmma)
 //   wait dQ: stage it, the copy engine adds it into the fp32 workspace (bulk reduce-add);
 //   wait dK, dV: release the stage
+// Deterministic mode: dQ adds take turns per q tile (DqTurns below).
 // The dS^T tile is double-buffered: a warpgroup writes buffer j % 2 at step j only after the
 // barrier of step j - 1, which the other warpgroup passes after its dQ of step j - 2 finished.
 // The launcher is launch_bwd.cuh; bwd/ holds the passes before and after (shared with sm80).
@@ -25,6 +26,7 @@
 
 #include "cuda/common/score_mod.cuh"
 #include "cuda/params.hpp"
+#include "cuda/ptx/atomics_bwd.cuh"
 #include "cuda/ptx/barrier.cuh"
 #include "cuda/ptx/bulk_reduce.cuh"
 #include "cuda/ptx/math.cuh"
@@ -122,6 +124,24 @@ __device__ __forceinline__ void stage_dq(uint32_t tile, const float (&acc)[Trait
     }
 }
 
+// Deterministic mode: the CTAs that add into one (batch, head, q tile) of dQ take turns in
+// descending kv order (rank from the producer's StepSlot), so every element's fp32 sum has one
+// order. Each consumer warpgroup adds its own dQ columns: a CTA's turn is over when both of its
+// warpgroups released, so the semaphore counts warpgroups and rank r waits for 2 r.
+struct DqTurns {
+  __device__ static void wait(const int32_t* sem, int rank) {
+    while (ptx::ld_acquire_gpu(sem) < 2 * rank) {
+    }
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the acquire, before the copy engine's adds
+  }
+  __device__ static void release(int32_t* sem) {
+    ptx::bulk_wait_all();  // this warpgroup's adds are performed
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+    __threadfence();
+    atomicAdd(sem, 1);
+  }
+};
+
 template <class Traits, ScoreModKind kMod>
 __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s, int cwg, int kv_head, int split,
                              int kv_tile, int b) {
@@ -144,11 +164,19 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
   int ds_buf = 0;
   for (;;) {
     ptx::mbar_wait(s.full(st.stage), st.phase);
-    const cuda::BwdStep* step = s.step(st.stage);
-    if (!step->valid) break;
-    const int m0 = step->m0, hq = step->hq;
-    const bool partial = step->partial != 0;
-    const int64_t ws_row = step->ws_row;
+    const StepSlot* slot = s.slot(st.stage);
+    if (!slot->step.valid) break;
+    const int m0 = slot->step.m0, hq = slot->step.hq;
+    const bool partial = slot->step.partial != 0;
+    const int64_t ws_row = slot->step.ws_row;
+    int32_t* dq_turn = nullptr;  // deterministic mode: the q tile's semaphore, and when to release it
+    int dq_rank = 0;
+    bool ends_q_tile = false;
+    if (p.deterministic) {
+      dq_turn = p.dq_semaphore + (static_cast<int64_t>(b) * p.q_heads + hq) * p.num_q_tiles + slot->step.q_tile;
+      dq_rank = slot->dq_rank;
+      ends_q_tile = slot->ends_q_tile != 0;
+    }
 
     float acc_s[Traits::kNTilesS * 4], acc_dp[Traits::kNTilesS * 4];
     Gemm::gemm_t(acc_s, s.k(), s.q(st.stage), wg_row0);
@@ -182,12 +210,14 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
     ptx::fence_proxy_async_shared();
     ptx::named_bar_sync(kBarDq0 + cwg, 128);
     if (elected) {
+      if (dq_turn != nullptr) DqTurns::wait(dq_turn, dq_rank);
 #pragma unroll
       for (int c = 0; c < Traits::kDqBoxes; ++c) {
         ptx::bulk_tensor_reduce_add_2d(&p.dq_map, s.dq(cwg) + c * Traits::kDqBoxBytes, dq_col0 + 32 * c,
                                        static_cast<int>(ws_row));
       }
       ptx::bulk_commit_group();
+      if (dq_turn != nullptr && ends_q_tile) DqTurns::release(dq_turn);
     }
     ptx::wgmma_wait<0>();
     ptx::fence_operand(acc_dk);
@@ -213,7 +243,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (threadIdx.x == 0) s.init_barriers();
   __syncthreads();
   const int kv_head = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
-  const int kv_tile = blockIdx.y, b = blockIdx.z;
+  // Deterministic mode runs kv tiles in reverse: a CTA waits only for CTAs of higher kv tiles.
+  const int kv_tile = p.deterministic ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  const int b = blockIdx.z;
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     ptx::setmaxnreg_dec<Traits::kProducerRegs>();

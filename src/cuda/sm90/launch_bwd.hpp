@@ -18,8 +18,8 @@ template <DType kDType, int kHeadDim, ScoreModKind kMod>
 void launch_bwd(const cuda::BwdParams& params, void* stream);
 
 // Why the sm90 backward cannot take `p` (null: it can): a layout TMA cannot address, a bitmap
-// array not 16-byte aligned, sizes past its coordinates, or the deterministic mode (the sm80
-// kernel's fixed dQ order). With the automatic backend the plan then takes the sm80 kernel.
+// array not 16-byte aligned, or sizes past its coordinates. With the automatic backend the plan
+// then takes the sm80 kernel.
 inline const char* bwd_unsupported(const cuda::BwdParams& p) {
   for (const cuda::TensorView* t : {&p.q, &p.k, &p.v, &p.dout}) {
     if (!cuda::tma_can_map(t->data, t->stride_t, t->stride_h, t->stride_b)) {
@@ -33,7 +33,6 @@ inline const char* bwd_unsupported(const cuda::BwdParams& p) {
     return "q: the sm90 backward needs batch * heads * padded length < 2^31";
   }
   if (p.num_kv_tiles > 65535) return "k: the sm90 backward supports at most 65535 kv tiles";
-  if (p.deterministic) return "deterministic: the sm90 backward has no deterministic mode yet";
   return nullptr;
 }
 

@@ -49,20 +49,23 @@ struct ProducerBwd {
     cuda::QWalkState w;
     Walk::start(w, kv_head * p.group + split * p.heads_per_cta, p.rows.valid_rows(b, p.q_len));
     Pipe st;
+    cuda::BwdStep step = next_step(p, w, kv_tile, b);
     for (;;) {
-      cuda::BwdStep step;
-      int side = 0;
-      const int32_t* fetch = Walk::next(w, p, b, kv_tile, step, side);
-      if (fetch != nullptr) {  // the list entry the next call reads (QWalk::next's contract)
-        const int entry = __ldg(fetch);
-        if (side == 0) {
-          w.next_entry[0] = entry;
-        } else {
-          w.next_entry[1] = entry;
-        }
-      }
+      // One step of look-ahead: whether `step` is the last of its q tile (deterministic mode).
+      cuda::BwdStep after;
+      after.valid = 0;
+      if (step.valid) after = next_step(p, w, kv_tile, b);
       ptx::mbar_wait(s.empty(st.stage), st.phase ^ 1);
-      *s.step(st.stage) = step;
+      StepSlot* slot = s.slot(st.stage);
+      slot->step = step;
+      slot->ends_q_tile = !after.valid || after.hq != step.hq || after.q_tile != step.q_tile;
+      // CTAs of higher kv tiles add into the q tile first (bwd/dq_order.cuh; the grid runs kv
+      // tiles in reverse then, so that every CTA waited for has started).
+      slot->dq_rank = !p.deterministic || !step.valid ? 0
+                      : p.mask.present
+                          ? __ldg(p.dq_rank + (static_cast<int64_t>(step.mask_bh) * p.num_kv_tiles + kv_tile) *
+                                                  p.num_q_tiles + step.q_tile)
+                          : p.num_kv_tiles - 1 - kv_tile;
       const uint32_t bar = s.full(st.stage);
       if (!step.valid) {
         ptx::mbar_arrive(bar);  // publishes the end of the walk
@@ -88,7 +91,24 @@ struct ProducerBwd {
       ptx::bulk_load(s.stats(st.stage) + Traits::kBlockM * 4, p.dpsum + step.ws_row, Traits::kBlockM * 4, bar);
       if (bitmap != nullptr) ptx::bulk_load(s.bits(st.stage), bitmap, Traits::kBitsBytes, bar);
       st.advance();
+      step = after;
     }
+  }
+
+  // The walk's next step; its list fetch is a blocking load (the producer runs stages ahead).
+  __device__ static cuda::BwdStep next_step(const cuda::BwdParams& p, cuda::QWalkState& w, int kv_tile, int b) {
+    cuda::BwdStep step;
+    int side = 0;
+    const int32_t* fetch = Walk::next(w, p, b, kv_tile, step, side);
+    if (fetch != nullptr) {  // the list entry the next call reads (QWalk::next's contract)
+      const int entry = __ldg(fetch);
+      if (side == 0) {
+        w.next_entry[0] = entry;
+      } else {
+        w.next_entry[1] = entry;
+      }
+    }
+    return step;
   }
 };
 

@@ -2,7 +2,7 @@
 // offsets). Barriers, with their arrival counts:
 //   kv_full       1 (producer's expect_tx) + K's and V's TMA bytes   consumers wait once
 //   full[s]       1 + the stage's bytes: Q, dO, LSE2, dpsum and, for a partial step, its bitmap
-//                 rows; the producer writes the step's description (cuda::BwdStep, valid = 0:
+//                 rows; the producer writes the step's description (StepSlot; step.valid = 0:
 //                 the walk is over, no bytes) before its arrival, which publishes it
 //   empty[s]      every consumer thread, after the step's last product   producer waits
 // Stages are walked with PipeState (pipe_state.cuh).
@@ -15,6 +15,15 @@
 #include "cuda/sm90/pipe_state.cuh"
 
 namespace flashflex::sm90 {
+
+// A stage's step description: the walk's step and, for deterministic mode (kernel_bwd.cuh), this
+// CTA's turn among the CTAs that add into the step's q tile of dQ and whether the step is the
+// CTA's last one in that q tile.
+struct StepSlot {
+  cuda::BwdStep step;
+  int dq_rank;
+  int ends_q_tile;
+};
 
 template <class Traits>
 struct SmemBwd {
@@ -36,8 +45,8 @@ struct SmemBwd {
   __device__ const uint32_t* bits_ptr(int s) const {
     return reinterpret_cast<const uint32_t*>(ptr + Traits::kBitsOff + s * Traits::kBitsBytes);
   }
-  __device__ cuda::BwdStep* step(int s) const {
-    return reinterpret_cast<cuda::BwdStep*>(ptr + Traits::kStepOff + s * Traits::kStepBytes);
+  __device__ StepSlot* slot(int s) const {
+    return reinterpret_cast<StepSlot*>(ptr + Traits::kStepOff + s * Traits::kStepBytes);
   }
   __device__ uint32_t bar(int i) const { return base + Traits::kBarOff + 8 * i; }
   __device__ uint32_t kv_full() const { return bar(0); }
@@ -55,6 +64,6 @@ struct SmemBwd {
   }
 };
 
-static_assert(sizeof(cuda::BwdStep) <= 64, "a stage's step description slot");
+static_assert(sizeof(StepSlot) <= 64, "a stage's step description slot");
 
 }  // namespace flashflex::sm90
