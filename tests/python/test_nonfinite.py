@@ -28,6 +28,18 @@ DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=
 DTYPE = {"cpu": torch.float32, "cuda": torch.float16}
 
 
+@pytest.fixture(autouse=True, params=["default", "sm80"])
+def kernel_family(request, monkeypatch):
+    """Every CUDA case on both kernel families: the default (sm90 on compute capability 9.x) and
+    the portable sm80 kernels (the process default FLASHFLEX_BACKEND would set, patched)."""
+    if request.param == "sm80":
+        if request.getfixturevalue("device") != "cuda":
+            pytest.skip("the kernel family is a CUDA choice")
+        from flashflex import _C, _kernel_options
+        monkeypatch.setattr(_kernel_options, "_DEFAULT_BACKEND", _C.BACKENDS["SM80"])
+    return request.param
+
+
 def _tensors(gen, device, *shapes, requires_grad=False):
     out = []
     for shape in shapes:
