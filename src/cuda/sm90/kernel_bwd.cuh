@@ -35,6 +35,7 @@
 #include "cuda/sm90/kernel_traits_bwd.cuh"
 #include "cuda/sm90/mainloop_bwd.cuh"
 #include "cuda/sm90/pipeline_bwd.cuh"
+#include "cuda/sm90/wgmma_tiles.cuh"
 #include "flashflex/block_mask.hpp"
 
 namespace flashflex::sm90 {
@@ -237,9 +238,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                const __grid_constant__ CUtensorMap map_do) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t base = (raw + 1023u) & ~1023u;  // the 128-byte swizzle needs 1 KiB-aligned atoms
-  const SmemBwd<Traits> s{base, smem_raw + (base - raw)};
+  const auto s = aligned_smem<SmemBwd<Traits>>(smem_raw);
   if (threadIdx.x == 0) s.init_barriers();
   __syncthreads();
   const int kv_head = blockIdx.x / p.splits, split = blockIdx.x % p.splits;

@@ -33,6 +33,7 @@
 #include "cuda/sm90/mainloop_fwd.cuh"
 #include "cuda/sm90/pipeline_fwd.cuh"
 #include "cuda/sm90/tile_scheduler_fwd.cuh"
+#include "cuda/sm90/wgmma_tiles.cuh"
 
 namespace flashflex::sm90 {
 
@@ -203,9 +204,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                const __grid_constant__ CUtensorMap map_k, const __grid_constant__ CUtensorMap map_v) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t base = (raw + 1023u) & ~1023u;  // the 128-byte swizzle needs 1 KiB-aligned atoms
-  const SmemFwd<Traits> s{base, smem_raw + (base - raw)};
+  const auto s = aligned_smem<SmemFwd<Traits>>(smem_raw);
   if (threadIdx.x == 0) s.init_barriers();
   __syncthreads();
   const int wg = threadIdx.x / 128;

@@ -4,7 +4,8 @@
 //                      and a partial step's bitmap rows (bulk copies) into the next stage
 //   GemmBwd            S^T = K Q^T and dP^T = V dO^T (SS), dV += P^T dO and dK += dS^T Q (RS,
 //                      the B operand N-major), dQ = dS K (SS, both operands MN-major), and the
-//                      fp32 -> 16-bit packing of P^T / dS^T into RS A fragments
+//                      fp32 -> 16-bit packing of P^T / dS^T into RS A fragments (the tile products
+//                      of wgmma_tiles.cuh)
 // The consumer schedule is kernel_bwd.cuh's.
 #pragma once
 
@@ -19,6 +20,7 @@
 #include "cuda/ptx/tma.cuh"
 #include "cuda/ptx/wgmma.cuh"
 #include "cuda/sm90/pipeline_bwd.cuh"
+#include "cuda/sm90/wgmma_tiles.cuh"
 #include "flashflex/block_mask.hpp"
 
 namespace flashflex::sm90 {
@@ -120,28 +122,15 @@ struct GemmBwd {
   // acc (=) A_rows B^T over the head dim: A = the warpgroup's 64 rows of a K or V tile, B = a Q
   // or dO stage (kBlockM rows); both K-major. Issue only (the caller commits).
   __device__ static void gemm_t(float (&acc)[Traits::kNTilesS * 4], uint32_t kv_tile, uint32_t q_tile, int wg_row0) {
-    const uint64_t a0 = ptx::gmma_desc_sw128(kv_tile + wg_row0 * 128, 16, 1024);
-    const uint64_t b0 = ptx::gmma_desc_sw128(q_tile, 16, 1024);
-    ptx::wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
-      // k16 step ks: column block ks / 4, 32 bytes per step inside the 128-byte swizzled row.
-      const uint32_t a_off = (ks / 4) * Traits::kKVBlockBytes + (ks % 4) * 32;
-      const uint32_t b_off = (ks / 4) * Traits::kQBlockBytes + (ks % 4) * 32;
-      ptx::wgmma_ss<Element, Traits::kBlockM>(acc, a0 + (a_off >> 4), b0 + (b_off >> 4), ks > 0 ? 1 : 0);
-    }
+    gemm_ss_kmajor<Element, Traits::kBlockM, Traits::kHeadDim>(acc, kv_tile + wg_row0 * 128, Traits::kKVBlockBytes,
+                                                               q_tile, Traits::kQBlockBytes);
   }
 
   // acc += A B: A = P^T or dS^T fragments (k = the step's q rows), B = a dO or Q stage
   // [kBlockM rows][D] (N-major).
   __device__ static void gemm_acc(float (&acc)[Traits::kNTilesKV * 4], const uint32_t (&a)[kKSteps][4],
                                   uint32_t q_tile) {
-    const uint64_t b0 = ptx::gmma_desc_sw128(q_tile, Traits::kQBlockBytes, 1024);
-    ptx::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      ptx::wgmma_rs_tb<Element, Traits::kHeadDim>(acc, a[kk], b0 + ((kk * 16 * 128) >> 4), 1);
-    }
+    gemm_rs_nmajor<Element, Traits::kHeadDim, kKSteps>(acc, a, q_tile, Traits::kQBlockBytes);
   }
 
   // acc = dS K for the columns dq_col0 .. + kDqCols of the step's dQ: A = the dS^T tile
@@ -160,16 +149,8 @@ struct GemmBwd {
     }
   }
 
-  // The k16 step kk of the A operand spans the accumulator's n8 tiles 2kk and 2kk + 1 (the
-  // mma.sync A fragment order).
   __device__ static void pack(uint32_t (&a)[kKSteps][4], const float (&acc)[Traits::kNTilesS * 4]) {
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      a[kk][0] = ptx::pack2<Element>(acc[8 * kk + 0], acc[8 * kk + 1]);
-      a[kk][1] = ptx::pack2<Element>(acc[8 * kk + 2], acc[8 * kk + 3]);
-      a[kk][2] = ptx::pack2<Element>(acc[8 * kk + 4], acc[8 * kk + 5]);
-      a[kk][3] = ptx::pack2<Element>(acc[8 * kk + 6], acc[8 * kk + 7]);
-    }
+    pack_a<Element, kKSteps>(a, acc);
   }
 };
 

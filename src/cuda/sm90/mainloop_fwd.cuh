@@ -5,6 +5,7 @@
 //   gemm_qk            S = Q K^T, SS wgmma over the head dim (K-major A and B)
 //   gemm_pv            O += P V, RS wgmma: P from registers, V N-major (transposed B)
 //   pack_p             S fp32 accumulators -> P as 16-bit A fragments (no shared memory)
+// (the tile products of wgmma_tiles.cuh)
 // The consumer schedule (which wait, which release) is kernel_fwd.cuh's.
 #pragma once
 
@@ -20,6 +21,7 @@
 #include "cuda/params.hpp"
 #include "cuda/sm90/pipeline_fwd.cuh"
 #include "cuda/sm90/tile_scheduler_fwd.cuh"
+#include "cuda/sm90/wgmma_tiles.cuh"
 
 namespace flashflex::sm90 {
 
@@ -110,38 +112,18 @@ struct GemmFwd {
 
   // acc_s = Q K^T for the warpgroup's 64 rows (wg_row0 = 0 or 64); issue only (commit by caller).
   __device__ static void gemm_qk(float (&acc_s)[kNTilesS * 4], uint32_t q_tile, uint32_t k_tile, int wg_row0) {
-    const uint64_t a0 = ptx::gmma_desc_sw128(q_tile + wg_row0 * 128, 16, 1024);
-    const uint64_t b0 = ptx::gmma_desc_sw128(k_tile, 16, 1024);
-    ptx::wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
-      // k16 step ks: column block ks / 4, 32 bytes per step inside the 128-byte swizzled row.
-      const uint32_t a_off = (ks / 4) * Traits::kQBlockBytes + (ks % 4) * 32;
-      const uint32_t b_off = (ks / 4) * Traits::kKVBlockBytes + (ks % 4) * 32;
-      ptx::wgmma_ss<Element, Traits::kBlockN>(acc_s, a0 + (a_off >> 4), b0 + (b_off >> 4), ks > 0 ? 1 : 0);
-    }
+    gemm_ss_kmajor<Element, Traits::kBlockN, Traits::kHeadDim>(acc_s, q_tile + wg_row0 * 128, Traits::kQBlockBytes,
+                                                               k_tile, Traits::kKVBlockBytes);
   }
 
   // acc_o += P V; P from pack_p; V tile [kBlockN rows][D] in column blocks (N-major B).
   __device__ static void gemm_pv(float (&acc_o)[Traits::kNTilesO * 4], const uint32_t (&p)[kPSteps][4],
                                  uint32_t v_tile) {
-    const uint64_t b0 = ptx::gmma_desc_sw128(v_tile, Traits::kKVBlockBytes, 1024);
-    ptx::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kPSteps; ++kk) {
-      ptx::wgmma_rs_tb<Element, Traits::kHeadDim>(acc_o, p[kk], b0 + ((kk * 16 * 128) >> 4), 1);
-    }
+    gemm_rs_nmajor<Element, Traits::kHeadDim, kPSteps>(acc_o, p, v_tile, Traits::kKVBlockBytes);
   }
 
-  // The k16 step kk of P spans S's n8 tiles 2kk and 2kk + 1 (the mma.sync A fragment order).
   __device__ static void pack_p(uint32_t (&p)[kPSteps][4], const float (&s)[kNTilesS * 4]) {
-#pragma unroll
-    for (int kk = 0; kk < kPSteps; ++kk) {
-      p[kk][0] = ptx::pack2<Element>(s[8 * kk + 0], s[8 * kk + 1]);
-      p[kk][1] = ptx::pack2<Element>(s[8 * kk + 2], s[8 * kk + 3]);
-      p[kk][2] = ptx::pack2<Element>(s[8 * kk + 4], s[8 * kk + 5]);
-      p[kk][3] = ptx::pack2<Element>(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    pack_a<Element, kPSteps>(p, s);
   }
 };
 
