@@ -32,8 +32,7 @@ void launch_bwd(const cuda::BwdParams& p, void* stream) {
   cuda::encode_bhtd_map(&map_do, "dout", p.dout, kBf16, kHeadDim, p.q_len, p.q_heads, p.batch, Traits::kBlockM);
   cuda::encode_bhtd_map(&map_k, "k", p.k, kBf16, kHeadDim, p.kv_len, p.kv_heads, p.batch, Traits::kBlockN);
   cuda::encode_bhtd_map(&map_v, "v", p.v, kBf16, kHeadDim, p.kv_len, p.kv_heads, p.batch, Traits::kBlockN);
-  cuda::BwdParams args = p;
-  args.dq_bulk = true;
+  cuda::BwdParams args = p;  // with the dQ map (the kernel always adds dQ through the copy engine)
   cuda::encode_dq_tensor_map(&args.dq_map, p.dq_accum, static_cast<int64_t>(p.batch) * p.q_heads * p.q_len_pad,
                              kHeadDim, 64);
   const dim3 grid(static_cast<unsigned>(p.kv_heads * p.splits), static_cast<unsigned>(p.num_kv_tiles),

@@ -16,7 +16,6 @@
 #include "cuda/common/q_walk.cuh"
 #include "cuda/params.hpp"
 #include "cuda/ptx/mbarrier.cuh"
-#include "cuda/ptx/mma.cuh"
 #include "cuda/ptx/tma.cuh"
 #include "cuda/ptx/wgmma.cuh"
 #include "cuda/sm90/pipeline_bwd.cuh"

@@ -14,7 +14,6 @@
 #include <cstdint>
 
 #include "cuda/ptx/mbarrier.cuh"
-#include "cuda/ptx/mma.cuh"
 #include "cuda/ptx/tma.cuh"
 #include "cuda/ptx/wgmma.cuh"
 #include "cuda/common/kv_cursor.cuh"
