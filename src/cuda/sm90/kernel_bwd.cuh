@@ -2,18 +2,19 @@
 // One CTA per (kv head x split of its GQA group, kv tile of 128 keys, batch), as the sm80 kernel's
 // grid: K and V stay in shared memory, fp32 dK and dV in the consumers' registers while the
 // producer (mainloop_bwd.cuh) streams the q steps of the CTA's walk (common/q_walk.cuh).
-// Warpgroup 0 is the producer (setmaxnreg down; one thread), warpgroups 1 and 2 the consumers
-// (setmaxnreg up), each owning 64 keys. Per step and consumer warpgroup:
-//   S^T = K Q^T, dP^T = V dO^T                        (SS wgmma; wait)
-//   P^T = exp2(mod(S^T) - LSE2), dS^T = P^T (dP^T - dpsum) mod'   on visible scores
-//                                                     (common/score_mod.cuh; bitmap rows and
-//                                                     the sequence bounds decide visibility)
-//   dV += P^T dO                                      (RS wgmma, P^T from registers)
+// Warpgroup 0 gives its registers away (setmaxnreg down): one thread is the producer, warp 1 the
+// dQ writer (dq_writer_bwd.cuh); warpgroups 1 and 2 are the consumers (setmaxnreg up), each
+// owning 64 keys. Per step and consumer warpgroup:
+//   S^T = K Q^T, dP^T = V dO^T                        (SS wgmma, both issued; wait for S^T)
+//   P^T = exp2(mod(S^T) - LSE2) on visible scores     (under dP^T; common/score_mod.cuh; bitmap
+//                                                     rows and sequence bounds decide visibility)
+//   dV += P^T dO                                      (RS wgmma, P^T from registers; wait dP^T)
+//   dS^T = P^T (dP^T - dpsum) mod'                    (under dV; soft-cap: with P^T, one pass)
 //   dS^T -> shared memory; barrier of both consumer warpgroups (dQ needs all 128 keys)
 //   dQ = dS K (its D / 2 columns; SS wgmma), dK += dS^T Q (RS wgmma)
-//   wait dQ: stage it, the copy engine adds it into the fp32 workspace (bulk reduce-add);
-//   wait dK, dV: release the stage
-// Deterministic mode: dQ adds take turns per q tile (DqTurns below).
+//   wait dQ: stage it for the dQ writer; dK runs on under the next step's S^T, whose wait
+//   releases this step's stage
+// Deterministic mode changes only the writer (its turn per q tile) and the grid order.
 // The dS^T tile is double-buffered: a warpgroup writes buffer j % 2 at step j only after the
 // barrier of step j - 1, which the other warpgroup passes after its dQ of step j - 2 finished.
 // The launcher is launch_bwd.cuh; bwd/ holds the passes before and after (shared with sm80).
@@ -48,48 +49,63 @@ constexpr int kBarDq0 = 2;  // + consumer warpgroup
 // P^T and dS^T of one step, in place: acc_s (S^T, raw q.k) becomes P^T, acc_dp (dP^T) becomes
 // dS^T (times the score mod's derivative). Thread layout (ptx/wgmma.cuh): element 4j + 2h + c is
 // key key0 + 8h, step row (q) 8j + 2t + c. bits: the step's bitmap rows (null for a full step),
-// at the word of this thread's keys.
-template <class Traits, ScoreModKind kMod>
+// at the word of this thread's keys. Passes:
+//   kP     P^T only (masks, bounds, score mod), while dP^T is still being computed
+//   kDs    then dS^T = P^T (dP^T - dpsum): score mods whose derivative is 1 (kSplitGrad)
+//   kBoth  both at once: soft-cap, whose derivative comes from the value's tanh
+enum class GradPass { kP, kDs, kBoth };
+template <ScoreModKind kMod>
+constexpr bool kSplitGrad = kMod != ScoreModKind::kSoftcap;
+
+template <class Traits, ScoreModKind kMod, GradPass kPass>
 __device__ __forceinline__ void softmax_grad(float (&acc_s)[Traits::kNTilesS * 4], float (&acc_dp)[Traits::kNTilesS * 4],
                                              const cuda::BwdParams& p, const float* lse2, const float* dpsum,
                                              const uint32_t* bits, int m0, int n0, int key0, int hq, int b, int t) {
+  constexpr bool kWantP = kPass != GradPass::kDs, kWantDs = kPass != GradPass::kP;
   const cuda::ScoreModLogit2<kMod> mod(p.mod, p.scale, p.scale_log2, b, hq);
   const int q_lim = p.q_len - m0, key_lim = p.kv_len - n0;
   const bool ragged = q_lim < Traits::kBlockM || key_lim < Traits::kBlockN;
   const int kbit = key0 % 32;
   float* dbias = nullptr;  // this head's [Q_LEN, KV_LEN] slice of the fp32 dbias accumulator
-  if (kMod == ScoreModKind::kBias && p.dbias_accum != nullptr) {
+  if (kWantDs && kMod == ScoreModKind::kBias && p.dbias_accum != nullptr) {
     const int bb = p.bias_batch == 1 ? 0 : b, hb = p.bias_heads == 1 ? 0 : hq;
     dbias = p.dbias_accum + (static_cast<int64_t>(bb) * p.bias_heads + hb) * p.q_len * int64_t(p.kv_len);
   }
 #pragma unroll
   for (int j = 0; j < Traits::kNTilesS; ++j) {
     const int q0 = 8 * j + 2 * t;
-    const float2 row_lse2 = *reinterpret_cast<const float2*>(lse2 + q0);
-    const float2 row_dpsum = *reinterpret_cast<const float2*>(dpsum + q0);
+    float2 row_lse2 = make_float2(0.f, 0.f), row_dpsum = make_float2(0.f, 0.f);
+    if (kWantP) row_lse2 = *reinterpret_cast<const float2*>(lse2 + q0);
+    if (kWantDs) row_dpsum = *reinterpret_cast<const float2*>(dpsum + q0);
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const int q = q0 + c;
       const float l2 = c == 0 ? row_lse2.x : row_lse2.y;
       const float dps = c == 0 ? row_dpsum.x : row_dpsum.y;
       const bool saw_keys = l2 != INFINITY;  // lse -inf: nothing visible, whatever its scores
-      const uint32_t word = bits != nullptr ? bits[q * kBitmapWordsPerRow] >> kbit : ~0u;
+      uint32_t word = ~0u;
+      if (kWantP && bits != nullptr) word = bits[q * kBitmapWordsPerRow] >> kbit;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int i = 4 * j + 2 * h + c;
         const int key = key0 + 8 * h;
-        bool visible = (word >> (8 * h)) & 1u;
-        if (ragged) visible = visible && q < q_lim && key < key_lim;
-        float dmod;
-        const float logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod);
-        // Hidden scores enter the exp as -inf (exp2 gives +0).
-        const float pe = ptx::exp2_approx(visible && saw_keys ? logit2 - l2 : -INFINITY);
-        const float ds = pe * (acc_dp[i] - dps);
-        if (kMod == ScoreModKind::kBias && dbias != nullptr && visible) {
-          atomicAdd(dbias + int64_t(m0 + q) * p.kv_len + (n0 + key), ds);
+        float dmod = 1.f;
+        if (kWantP) {
+          bool visible = (word >> (8 * h)) & 1u;
+          if (ragged) visible = visible && q < q_lim && key < key_lim;
+          const float logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod);
+          // Hidden scores enter the exp as -inf (exp2 gives +0).
+          acc_s[i] = ptx::exp2_approx(visible && saw_keys ? logit2 - l2 : -INFINITY);
         }
-        acc_s[i] = pe;
-        acc_dp[i] = ds * dmod;
+        if (kWantDs) {
+          const float pe = acc_s[i];
+          const float ds = pe * (acc_dp[i] - dps);
+          // P^T is +0 exactly where the score is hidden (or its weight underflowed: ds = 0 there).
+          if (kMod == ScoreModKind::kBias && dbias != nullptr && pe != 0.f) {
+            atomicAdd(dbias + int64_t(m0 + q) * p.kv_len + (n0 + key), ds);
+          }
+          acc_dp[i] = ds * dmod;
+        }
       }
     }
   }
@@ -127,19 +143,27 @@ __device__ __forceinline__ void stage_dq(uint32_t tile, const float (&acc)[Trait
 
 // Deterministic mode: the CTAs that add into one (batch, head, q tile) of dQ take turns in
 // descending kv order (rank from the producer's StepSlot), so every element's fp32 sum has one
-// order. Each consumer warpgroup adds its own dQ columns: a CTA's turn is over when both of its
-// warpgroups released, so the semaphore counts warpgroups and rank r waits for 2 r.
+// order. Each consumer warpgroup adds its own dQ columns and publishes them itself (the copy
+// engine's bulk groups belong to the issuing thread): the semaphore counts warpgroups and rank r
+// waits for 2 r. A warpgroup publishes one step late, just before its next adds (or at the end),
+// when the copy engine has long performed the adds: bulk_wait_all then costs nothing, where
+// publishing at once stalled the warpgroup for the adds' round trip. The turns stay a wavefront:
+// a CTA holds back only q tiles that CTAs of lower kv tiles wait for.
 struct DqTurns {
+  int pending = -1;  // the semaphore (index) of the q tile added into and not yet published
+
+  __device__ void publish(int32_t* sems) {
+    if (pending < 0) return;
+    ptx::bulk_wait_all();  // this warpgroup's adds are performed
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+    __threadfence();
+    atomicAdd(sems + pending, 1);
+    pending = -1;
+  }
   __device__ static void wait(const int32_t* sem, int rank) {
     while (ptx::ld_acquire_gpu(sem) < 2 * rank) {
     }
     asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the acquire, before the copy engine's adds
-  }
-  __device__ static void release(int32_t* sem) {
-    ptx::bulk_wait_all();  // this warpgroup's adds are performed
-    asm volatile("fence.proxy.async.global;\n" ::: "memory");
-    __threadfence();
-    atomicAdd(sem, 1);
   }
 };
 
@@ -163,32 +187,34 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
   ptx::mbar_wait(s.kv_full(), 0);
   PipeState<Traits::kStages> st;
   int ds_buf = 0;
+  DqTurns turns;
   for (;;) {
     ptx::mbar_wait(s.full(st.stage), st.phase);
     const StepSlot* slot = s.slot(st.stage);
-    if (!slot->step.valid) break;
-    const int m0 = slot->step.m0, hq = slot->step.hq;
-    const bool partial = slot->step.partial != 0;
-    const int64_t ws_row = slot->step.ws_row;
-    int32_t* dq_turn = nullptr;  // deterministic mode: the q tile's semaphore, and when to release it
-    int dq_rank = 0;
-    bool ends_q_tile = false;
-    if (p.deterministic) {
-      dq_turn = p.dq_semaphore + (static_cast<int64_t>(b) * p.q_heads + hq) * p.num_q_tiles + slot->step.q_tile;
-      dq_rank = slot->dq_rank;
-      ends_q_tile = slot->ends_q_tile != 0;
-    }
+    if (!slot->valid) break;
+    const int m0 = slot->m0, hq = slot->hq;
+    const uint32_t* bits = slot->partial != 0 ? s.bits_ptr(st.stage) + key0 / 32 : nullptr;
+    const float* lse2 = s.lse2_ptr(st.stage);
+    const float* dpsum = s.dpsum_ptr(st.stage);
 
     float acc_s[Traits::kNTilesS * 4], acc_dp[Traits::kNTilesS * 4];
     Gemm::gemm_t(acc_s, s.k(), s.q(st.stage), wg_row0);
     ptx::wgmma_commit();
     Gemm::gemm_t(acc_dp, s.v(), s.dout(st.stage), wg_row0);
     ptx::wgmma_commit();
-    ptx::wgmma_wait<0>();
-    ptx::fence_operand(acc_s);
-    ptx::fence_operand(acc_dp);
-    softmax_grad<Traits, kMod>(acc_s, acc_dp, p, s.lse2_ptr(st.stage), s.dpsum_ptr(st.stage),
-                               partial ? s.bits_ptr(st.stage) + key0 / 32 : nullptr, m0, n0, key0, hq, b, t);
+    if constexpr (kSplitGrad<kMod>) {
+      ptx::wgmma_wait<1>();  // S^T
+      ptx::fence_operand(acc_s);
+      softmax_grad<Traits, kMod, GradPass::kP>(acc_s, acc_dp, p, lse2, dpsum, bits, m0, n0, key0, hq, b, t);
+      ptx::wgmma_wait<0>();  // dP^T, computed under P^T
+      ptx::fence_operand(acc_dp);
+      softmax_grad<Traits, kMod, GradPass::kDs>(acc_s, acc_dp, p, lse2, dpsum, bits, m0, n0, key0, hq, b, t);
+    } else {
+      ptx::wgmma_wait<0>();
+      ptx::fence_operand(acc_s);
+      ptx::fence_operand(acc_dp);
+      softmax_grad<Traits, kMod, GradPass::kBoth>(acc_s, acc_dp, p, lse2, dpsum, bits, m0, n0, key0, hq, b, t);
+    }
     uint32_t p_frag[Traits::kKSteps][4], ds_frag[Traits::kKSteps][4];
     Gemm::pack(p_frag, acc_s);
     Gemm::pack(ds_frag, acc_dp);
@@ -211,14 +237,18 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
     ptx::fence_proxy_async_shared();
     ptx::named_bar_sync(kBarDq0 + cwg, 128);
     if (elected) {
-      if (dq_turn != nullptr) DqTurns::wait(dq_turn, dq_rank);
+      if (p.deterministic) {
+        const int sem = (b * p.q_heads + hq) * p.num_q_tiles + slot->q_tile;  // < 2^31: bwd_unsupported
+        turns.publish(p.dq_semaphore);
+        DqTurns::wait(p.dq_semaphore + sem, slot->dq_rank);
+        if (slot->ends_q_tile) turns.pending = sem;
+      }
 #pragma unroll
       for (int c = 0; c < Traits::kDqBoxes; ++c) {
         ptx::bulk_tensor_reduce_add_2d(&p.dq_map, s.dq(cwg) + c * Traits::kDqBoxBytes, dq_col0 + 32 * c,
-                                       static_cast<int>(ws_row));
+                                       slot->ws_row);
       }
       ptx::bulk_commit_group();
-      if (dq_turn != nullptr && ends_q_tile) DqTurns::release(dq_turn);
     }
     ptx::wgmma_wait<0>();
     ptx::fence_operand(acc_dk);
@@ -227,8 +257,11 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
     st.advance();
     ds_buf ^= 1;
   }
+  if (elected) {
+    turns.publish(p.dq_semaphore);
+    ptx::bulk_wait_all();  // shared memory outlives the last dQ adds
+  }
   EpilogueBwd<Traits>::store(p, acc_dk, acc_dv, b, kv_head, split, n0 + key0, t);
-  if (elected) ptx::bulk_wait_all();  // shared memory outlives the last dQ adds
 }
 
 template <class Traits, ScoreModKind kMod>

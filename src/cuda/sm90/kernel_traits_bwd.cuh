@@ -25,13 +25,13 @@
 
 namespace flashflex::sm90 {
 
-template <typename Element_, int kHeadDim_, int kBlockM_>
+template <typename Element_, int kHeadDim_, int kBlockM_, int kStages_>
 struct BwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;   // q rows per step
   static constexpr int kBlockN = kTileSize;  // keys per CTA
-  static constexpr int kStages = 2;
+  static constexpr int kStages = kStages_;
   static constexpr int kConsumerWGs = 2;
   static constexpr int kConsumerThreads = kConsumerWGs * 128;
   static constexpr int kNumThreads = 128 + kConsumerThreads;
@@ -79,12 +79,13 @@ struct BwdTraits {
 };
 
 // The tile table (bf16 / fp16 alike; one CTA of 384 threads per SM): 128 keys x 64 q rows per
-// step (FA3's hdim-128 shape), 195 KiB at hdim 128, 130 KiB at hdim 64. At hdim 128 dK, dV take
-// 128 of the 240 registers, S^T and dP^T of a 64-row step another 64. A 128-row step at hdim 64
-// (S^T and dP^T 64 registers each) spilled and serialized its wgmma under ptxas 13.0.
+// step (FA3's hdim-128 shape). At hdim 128 dK, dV take 128 of the 240 registers, S^T and dP^T of
+// a 64-row step another 64; 2 stages (195 KiB; a third does not fit). At hdim 64 a step is half
+// as long for the same load latency: 3 stages (146 KiB). A 128-row step at hdim 64 (S^T and dP^T
+// 64 registers each) spilled and serialized its wgmma under ptxas 13.0.
 template <typename Element, int kHeadDim>
 struct BwdConfig {
-  using Traits = BwdTraits<Element, kHeadDim, 64>;
+  using Traits = BwdTraits<Element, kHeadDim, 64, kHeadDim == 64 ? 3 : 2>;
 };
 
 }  // namespace flashflex::sm90

@@ -58,7 +58,12 @@ struct ProducerBwd {
       if (step.valid) after = next_step(p, w, kv_tile, b);
       ptx::mbar_wait(s.empty(st.stage), st.phase ^ 1);
       StepSlot* slot = s.slot(st.stage);
-      slot->step = step;
+      slot->valid = step.valid;
+      slot->partial = step.partial;
+      slot->hq = step.hq;
+      slot->q_tile = step.q_tile;
+      slot->m0 = step.m0;
+      slot->ws_row = static_cast<int>(step.ws_row);
       slot->ends_q_tile = !after.valid || after.hq != step.hq || after.q_tile != step.q_tile;
       // CTAs of higher kv tiles add into the q tile first (bwd/dq_order.cuh; the grid runs kv
       // tiles in reverse then, so that every CTA waited for has started).

@@ -16,11 +16,15 @@
 
 namespace flashflex::sm90 {
 
-// A stage's step description: the walk's step and, for deterministic mode (kernel_bwd.cuh), this
-// CTA's turn among the CTAs that add into the step's q tile of dQ and whether the step is the
-// CTA's last one in that q tile.
+// A stage's step description: the fields of the walk's step the consumers read (cuda::BwdStep's element offsets are the sm80 kernel's; TMA takes coordinates) and, for
+// deterministic mode, this CTA's turn among the CTAs that add into the step's q tile of dQ and
+// whether the step is the CTA's last one in that q tile. Fewer fields also keep the producer's
+// one-step look-ahead inside its 24 registers.
 struct StepSlot {
-  cuda::BwdStep step;
+  int valid;    // 0: the walk is over
+  int partial;  // the step's tile has a bitmap (its rows travel with the stage)
+  int hq, q_tile, m0;
+  int ws_row;   // the step's first workspace row (LSE2, dpsum, dQ accumulator)
   int dq_rank;
   int ends_q_tile;
 };
