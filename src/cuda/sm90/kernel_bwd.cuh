@@ -57,14 +57,15 @@ enum class GradPass { kP, kDs, kBoth };
 template <ScoreModKind kMod>
 constexpr bool kSplitGrad = kMod != ScoreModKind::kSoftcap;
 
-template <class Traits, ScoreModKind kMod, GradPass kPass>
-__device__ __forceinline__ void softmax_grad(float (&acc_s)[Traits::kNTilesS * 4], float (&acc_dp)[Traits::kNTilesS * 4],
-                                             const cuda::BwdParams& p, const float* lse2, const float* dpsum,
-                                             const uint32_t* bits, int m0, int n0, int key0, int hq, int b, int t) {
+// kMasked = false: a full step inside both sequence bounds (most steps), no visibility work.
+template <class Traits, ScoreModKind kMod, GradPass kPass, bool kMasked>
+__device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTilesS * 4],
+                                                  float (&acc_dp)[Traits::kNTilesS * 4], const cuda::BwdParams& p,
+                                                  const float* lse2, const float* dpsum, const uint32_t* bits, int m0,
+                                                  int n0, int key0, int hq, int b, int t) {
   constexpr bool kWantP = kPass != GradPass::kDs, kWantDs = kPass != GradPass::kP;
   const cuda::ScoreModLogit2<kMod> mod(p.mod, p.scale, p.scale_log2, b, hq);
   const int q_lim = p.q_len - m0, key_lim = p.kv_len - n0;
-  const bool ragged = q_lim < Traits::kBlockM || key_lim < Traits::kBlockN;
   const int kbit = key0 % 32;
   float* dbias = nullptr;  // this head's [Q_LEN, KV_LEN] slice of the fp32 dbias accumulator
   if (kWantDs && kMod == ScoreModKind::kBias && p.dbias_accum != nullptr) {
@@ -84,15 +85,15 @@ __device__ __forceinline__ void softmax_grad(float (&acc_s)[Traits::kNTilesS * 4
       const float dps = c == 0 ? row_dpsum.x : row_dpsum.y;
       const bool saw_keys = l2 != INFINITY;  // lse -inf: nothing visible, whatever its scores
       uint32_t word = ~0u;
-      if (kWantP && bits != nullptr) word = bits[q * kBitmapWordsPerRow] >> kbit;
+      if (kWantP && kMasked && bits != nullptr) word = bits[q * kBitmapWordsPerRow] >> kbit;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int i = 4 * j + 2 * h + c;
         const int key = key0 + 8 * h;
         float dmod = 1.f;
         if (kWantP) {
-          bool visible = (word >> (8 * h)) & 1u;
-          if (ragged) visible = visible && q < q_lim && key < key_lim;
+          bool visible = true;
+          if (kMasked) visible = ((word >> (8 * h)) & 1u) && q < q_lim && key < key_lim;
           const float logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod);
           // Hidden scores enter the exp as -inf (exp2 gives +0).
           acc_s[i] = ptx::exp2_approx(visible && saw_keys ? logit2 - l2 : -INFINITY);
@@ -108,6 +109,18 @@ __device__ __forceinline__ void softmax_grad(float (&acc_s)[Traits::kNTilesS * 4
         }
       }
     }
+  }
+}
+
+template <class Traits, ScoreModKind kMod, GradPass kPass>
+__device__ __forceinline__ void softmax_grad(float (&acc_s)[Traits::kNTilesS * 4], float (&acc_dp)[Traits::kNTilesS * 4],
+                                             const cuda::BwdParams& p, const float* lse2, const float* dpsum,
+                                             const uint32_t* bits, int m0, int n0, int key0, int hq, int b, int t) {
+  const bool masked = bits != nullptr || p.q_len - m0 < Traits::kBlockM || p.kv_len - n0 < Traits::kBlockN;
+  if (kPass != GradPass::kDs && masked) {
+    softmax_grad_step<Traits, kMod, kPass, true>(acc_s, acc_dp, p, lse2, dpsum, bits, m0, n0, key0, hq, b, t);
+  } else {
+    softmax_grad_step<Traits, kMod, kPass, false>(acc_s, acc_dp, p, lse2, dpsum, bits, m0, n0, key0, hq, b, t);
   }
 }
 
