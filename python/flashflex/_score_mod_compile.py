@@ -14,6 +14,7 @@ callable itself)."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import types
 from typing import Dict, Optional
@@ -34,8 +35,17 @@ def resolve_score_mod(fn, query: torch.Tensor, key: torch.Tensor) -> CallableSco
     """flex_attention's entry point for a callable score_mod, eager or compiled."""
     if not torch.compiler.is_compiling():
         return resolve_callable(fn, query, key)
+    if isinstance(fn, functools.partial):
+        # A partial holding tensors is no constant for dynamo: its plan is made outside the graph.
+        return _resolve_outside_trace(fn, query, key)
     sizes = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-    plan = _trace_time_plan(fn, sizes, str(query.device))
+    if isinstance(fn, (types.FunctionType, types.MethodType)):
+        plan = _trace_time_plan(fn, sizes, str(query.device))
+    else:
+        # An object (an nn.Module, a class with __call__): newer dynamo hands it to a constant
+        # function as it is, torch 2.11's raises; its id is a constant to every release (and
+        # guarded on).
+        plan = _trace_time_plan_of_object(id(fn), sizes, str(query.device))
     if plan is None:
         return _resolve_outside_trace(fn, query, key)
     if plan[0] == "error":  # raised here: dynamo would wrap an error raised in the constant function
@@ -51,6 +61,16 @@ def resolve_score_mod(fn, query: torch.Tensor, key: torch.Tensor) -> CallableSco
 
 @torch.compiler.assume_constant_result
 def _trace_time_plan(fn, sizes, device: str) -> Optional[tuple]:
+    return _plan_at_trace_time(fn, sizes, device)
+
+
+@torch.compiler.assume_constant_result
+def _trace_time_plan_of_object(obj_id: int, sizes, device: str) -> Optional[tuple]:
+    # The object is alive: the frame being traced holds it.
+    return _plan_at_trace_time(ctypes.cast(obj_id, ctypes.py_object).value, sizes, device)
+
+
+def _plan_at_trace_time(fn, sizes, device: str) -> Optional[tuple]:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     # dynamo's fake mode and tracing context are active here; the capture brings its own
     try:
