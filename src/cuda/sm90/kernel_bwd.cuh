@@ -2,19 +2,19 @@
 // One CTA per (kv head x split of its GQA group, kv tile of 128 keys, batch), as the sm80 kernel's
 // grid: K and V stay in shared memory, fp32 dK and dV in the consumers' registers while the
 // producer (mainloop_bwd.cuh) streams the q steps of the CTA's walk (common/q_walk.cuh).
-// Warpgroup 0 gives its registers away (setmaxnreg down): one thread is the producer, warp 1 the
-// dQ writer (dq_writer_bwd.cuh); warpgroups 1 and 2 are the consumers (setmaxnreg up), each
-// owning 64 keys. Per step and consumer warpgroup:
+// Warpgroup 0 is the producer (setmaxnreg down; one thread), warpgroups 1 and 2 the consumers
+// (setmaxnreg up), each owning 64 keys. Per step and consumer warpgroup:
 //   S^T = K Q^T, dP^T = V dO^T                        (SS wgmma, both issued; wait for S^T)
 //   P^T = exp2(mod(S^T) - LSE2) on visible scores     (under dP^T; common/score_mod.cuh; bitmap
-//                                                     rows and sequence bounds decide visibility)
-//   dV += P^T dO                                      (RS wgmma, P^T from registers; wait dP^T)
-//   dS^T = P^T (dP^T - dpsum) mod'                    (under dV; soft-cap: with P^T, one pass)
+//                                                     rows and sequence bounds decide visibility,
+//                                                     skipped on full steps inside the bounds)
+//   dS^T = P^T (dP^T - dpsum) mod'                    (wait dP^T; soft-cap: with P^T, one pass)
+//   dV += P^T dO                                      (RS wgmma, P^T from registers)
 //   dS^T -> shared memory; barrier of both consumer warpgroups (dQ needs all 128 keys)
 //   dQ = dS K (its D / 2 columns; SS wgmma), dK += dS^T Q (RS wgmma)
-//   wait dQ: stage it for the dQ writer; dK runs on under the next step's S^T, whose wait
-//   releases this step's stage
-// Deterministic mode changes only the writer (its turn per q tile) and the grid order.
+//   wait dQ: stage it, the copy engine adds it into the fp32 workspace (bulk reduce-add);
+//   wait dK, dV: release the stage
+// Deterministic mode: dQ adds take turns per q tile (DqTurns below).
 // The dS^T tile is double-buffered: a warpgroup writes buffer j % 2 at step j only after the
 // barrier of step j - 1, which the other warpgroup passes after its dQ of step j - 2 finished.
 // The launcher is launch_bwd.cuh; bwd/ holds the passes before and after (shared with sm80).

@@ -16,10 +16,10 @@
 
 namespace flashflex::sm90 {
 
-// A stage's step description: the fields of the walk's step the consumers read (cuda::BwdStep's element offsets are the sm80 kernel's; TMA takes coordinates) and, for
-// deterministic mode, this CTA's turn among the CTAs that add into the step's q tile of dQ and
-// whether the step is the CTA's last one in that q tile. Fewer fields also keep the producer's
-// one-step look-ahead inside its 24 registers.
+// A stage's step description: the fields of the walk's step the consumers read (cuda::BwdStep's
+// element offsets are the sm80 kernel's; TMA takes coordinates) and, for deterministic mode, this
+// CTA's turn among the CTAs that add into the step's q tile of dQ and whether the step is the
+// CTA's last one in that q tile.
 struct StepSlot {
   int valid;    // 0: the walk is over
   int partial;  // the step's tile has a bitmap (its rows travel with the stage)
