@@ -2,7 +2,7 @@
 the resolution is split: a plan of literals (_score_mod_resolve.Plan) is computed once, at trace
 time, by a function dynamo treats as a constant (torch.compiler.assume_constant_result), and the
 built-in ScoreMod is built from it in traced code, the captured tensor reached along the path the
-callable holds it by (closure cell, global, module attribute, partial argument), so that it is a
+callable holds it by (closure cell, global, module or object attribute, partial argument), so that it is a
 graph input (live values, gradients) and dynamo guards on that path. What a plan of literals cannot express
 safely (a materialised bias, a graph that read a tensor's value, the CPU graph path) runs outside
 the trace (a graph break, so fullgraph=True raises for it).
@@ -39,7 +39,9 @@ def resolve_score_mod(fn, query: torch.Tensor, key: torch.Tensor) -> CallableSco
         # A partial holding tensors is no constant for dynamo: its plan is made outside the graph.
         return _resolve_outside_trace(fn, query, key)
     sizes = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-    if isinstance(fn, (types.FunctionType, types.MethodType)):
+    if isinstance(fn, types.MethodType):  # its object by id, as below; its function is a constant
+        plan = _trace_time_plan_of_method(fn.__func__, id(fn.__self__), sizes, str(query.device))
+    elif isinstance(fn, types.FunctionType):
         plan = _trace_time_plan(fn, sizes, str(query.device))
     else:
         # An object (an nn.Module, a class with __call__): newer dynamo hands it to a constant
@@ -68,6 +70,12 @@ def _trace_time_plan(fn, sizes, device: str) -> Optional[tuple]:
 def _trace_time_plan_of_object(obj_id: int, sizes, device: str) -> Optional[tuple]:
     # The object is alive: the frame being traced holds it.
     return _plan_at_trace_time(ctypes.cast(obj_id, ctypes.py_object).value, sizes, device)
+
+
+@torch.compiler.assume_constant_result
+def _trace_time_plan_of_method(func, self_id: int, sizes, device: str) -> Optional[tuple]:
+    method = types.MethodType(func, ctypes.cast(self_id, ctypes.py_object).value)
+    return _plan_at_trace_time(method, sizes, device)
 
 
 def _plan_at_trace_time(fn, sizes, device: str) -> Optional[tuple]:
@@ -124,6 +132,11 @@ def _children(obj):
     elif isinstance(obj, (tuple, list)):
         for i, value in enumerate(obj[:32]):
             yield ("item", i), value
+    elif hasattr(obj, "__dict__") and not callable(getattr(obj, "__get__", None)):
+        # any other object (a method's self, a class with __call__): its instance attributes
+        for name, value in list(vars(obj).items())[:64]:
+            if not name.startswith("_"):
+                yield ("attr", name), value
 
 
 def _path_to(fn, tensor, depth: int = 4) -> Optional[tuple]:

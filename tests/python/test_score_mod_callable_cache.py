@@ -238,11 +238,21 @@ class _BiasHolder(torch.nn.Module):
         return s + self.bias[b, h, qi, kv]
 
 
+class _PlainBiasHolder:
+    """Not a module: the score mod is a bound method of a plain object."""
+
+    def __init__(self, bias):
+        self.bias = bias
+
+    def mod(self, s, b, h, qi, kv):
+        return s + self.bias[b, h, qi, kv]
+
+
 def _partial_bias_mod(s, b, h, qi, kv, bias):
     return s + bias[b, h, qi, kv]
 
 
-@pytest.mark.parametrize("holder", ["closure", "global", "module attribute", "partial keyword"])
+@pytest.mark.parametrize("holder", ["closure", "global", "module attribute", "bound method", "partial keyword"])
 def test_compiled_mod_sees_its_tensor_rebound(holder, gen, fresh_dynamo, monkeypatch):
     q, k, v = make_qkv(gen, B, H, H, Q, KV, D)
     first, second = randn(gen, B, H, Q, KV), randn(gen, B, H, Q, KV)
@@ -254,6 +264,9 @@ def test_compiled_mod_sees_its_tensor_rebound(holder, gen, fresh_dynamo, monkeyp
         fn = _global_bias_mod
     elif holder == "module attribute":
         fn = _BiasHolder(first)
+    elif holder == "bound method":
+        owner = _PlainBiasHolder(first)
+        fn = owner.mod
     else:
         import functools
         fn = functools.partial(_partial_bias_mod, bias=first)
@@ -267,6 +280,8 @@ def test_compiled_mod_sees_its_tensor_rebound(holder, gen, fresh_dynamo, monkeyp
         monkeypatch.setattr(__import__(__name__), "GLOBAL_BIAS", second)
     elif holder == "module attribute":
         fn.bias = torch.nn.Parameter(second)
+    elif holder == "bound method":
+        owner.bias = second
     else:
         fn.keywords["bias"] = second
     out = compiled(q, k, v)
