@@ -81,7 +81,7 @@ struct BwdTraits {
 // The tile table (bf16 / fp16 alike; one CTA of 384 threads per SM): 128 keys x 64 q rows per
 // step (FA3's hdim-128 shape). At hdim 128 dK, dV take 128 of the 240 registers, S^T and dP^T of
 // a 64-row step another 64; 2 stages (195 KiB; a third does not fit). At hdim 64 a step is half
-// as long for the same load latency: 3 stages (146 KiB). A 128-row step at hdim 64 (S^T and dP^T
+// as long for the same load latency: 3 stages (134 KiB). A 128-row step at hdim 64 (S^T and dP^T
 // 64 registers each) spilled and serialized its wgmma under ptxas 13.0.
 template <typename Element, int kHeadDim>
 struct BwdConfig {
