@@ -243,6 +243,54 @@ def test_cuda_graph_capture_and_replay(gen):
         assert torch.allclose(a.float(), t.grad.float(), atol=1e-2, rtol=1e-2)
 
 
+def test_cuda_graph_whole_unroll(gen):
+    """The trainer's shape of it: 7 steps, step k over K_0..K_k, one backward of all outputs,
+    captured once and replayed on new input values (copied into the captured leaves)."""
+    steps, seq_len, dtype = 7, 385, torch.bfloat16
+    q, k_blocks, v_blocks, _, _ = make_inputs(gen, 2, 4, 1, seq_len, 64, steps - 1, dtype)
+    q_steps = [q] + [randn(gen, *q.shape, dtype=dtype).cuda() for _ in range(steps - 1)]
+    douts = [randn(gen, *q.shape, dtype=dtype).cuda() for _ in range(steps)]
+    lengths = unequal_lengths(gen, seq_len, steps - 1)
+    leaves = [t.detach().clone().requires_grad_() for t in (*q_steps, *k_blocks, *v_blocks)]
+    qs, ks, vs = leaves[:steps], leaves[steps:2 * steps], leaves[2 * steps:]
+
+    def unroll():
+        outs = [flashflex.eagle3.ttt_attention(qs[s], ks[:s + 1], vs[:s + 1], seq_lengths=lengths)
+                for s in range(steps)]
+        torch.autograd.backward(outs, douts)
+        return outs
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        unroll()  # warm-up outside the capture
+        for t in leaves:
+            t.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            graph_outs = unroll()
+    torch.cuda.current_stream().wait_stream(stream)
+
+    new_values = [randn(gen, *t.shape, dtype=dtype).cuda() for t in leaves]
+    with torch.no_grad():
+        for t, value in zip(leaves, new_values):
+            t.copy_(value)
+    for t in leaves:
+        t.grad.zero_()  # the replay must write them afresh: a stale value cannot pass
+    graph.replay()
+    torch.cuda.synchronize()
+    replay_outs = [o.detach().clone() for o in graph_outs]
+    replay_grads = [t.grad.detach().clone() for t in leaves]
+
+    fresh = [value.clone().requires_grad_() for value in new_values]
+    qs, ks, vs = fresh[:steps], fresh[steps:2 * steps], fresh[2 * steps:]
+    eager_outs = unroll()
+    for a, b in zip(replay_outs, eager_outs):
+        assert torch.equal(a, b.detach())
+    for a, t in zip(replay_grads, fresh):
+        assert torch.allclose(a.float(), t.grad.float(), atol=1e-2, rtol=1e-2)
+
+
 # ---- what the CUDA path refuses, by name ------------------------------------------------------
 
 def test_too_many_blocks_is_refused_by_name(gen):

@@ -1,0 +1,150 @@
+"""Host overhead of the EAGLE3 unroll (CUDA only): the CPU time of one
+flashflex.eagle3.ttt_attention forward call and of one step's backward, measured while the GPU is
+kept busy (a long sleep kernel is enqueued first, so no call waits for the device and the
+interval is Python validation, dispatch, binding and launches only), SDPA's causal call on the
+same shapes for scale, and the whole 7-step unroll (forward and backward) eager against its
+CUDA-graph replay (CUDA events, medians).
+
+    python bench/eagle3_host.py [--seq-lens 2048,8192] [--iters 30] [--out bench/results/h200_eagle3_host.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eagle3_common as ec  # noqa: E402
+
+SLEEP_CYCLES = 2_000_000_000  # ~1 s at the H200's clock: longer than any batch of timed calls
+
+
+def host_us(call: Callable[[], object], iters: int) -> float:
+    """Median CPU microseconds of `call` while the device is busy with a sleep kernel."""
+    call()
+    torch.cuda.synchronize()
+    times = []
+    torch.cuda._sleep(SLEEP_CYCLES)
+    for _ in range(iters):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def device_ms(run: Callable[[], object], iters: int, warmup: int = 3) -> float:
+    """Median CUDA-event milliseconds of `run`."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure(seq_len: int, iters: int) -> dict:
+    from flashflex.eagle3 import ttt_attention
+
+    u = ec.Unroll(name=f"eagle3_ttt_{seq_len}", seq_len=seq_len)
+    inp = ec.make_inputs(u, "cuda")
+    last = u.steps - 1
+    q, ks, vs = inp.q[last], inp.k[:last + 1], inp.v[:last + 1]
+    rec = {"seq_len": seq_len}
+
+    with torch.no_grad():
+        rec["fwd_us"] = host_us(lambda: ttt_attention(q, ks, vs), iters)
+        qd, kd, vd = q.detach(), inp.k[0].detach(), inp.v[0].detach()
+        rec["sdpa_fwd_us"] = host_us(lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True,
+                                                                            enable_gqa=True), iters)
+
+    # One step's backward: a fresh graph per call, built before the timed interval.
+    outs: List[torch.Tensor] = []
+
+    def fresh():
+        outs.append(ttt_attention(q, ks, vs))
+
+    def bwd():
+        torch.autograd.backward(outs.pop(), inp.dout[last])
+
+    for _ in range(2):
+        fresh()
+        bwd()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        fresh()
+    torch.cuda._sleep(SLEEP_CYCLES)
+    for _ in range(iters):
+        start = time.perf_counter()
+        bwd()
+        times.append((time.perf_counter() - start) * 1e6)
+    torch.cuda.synchronize()
+    rec["bwd_us"] = statistics.median(times)
+
+    # The whole unroll, eager and replayed from a CUDA graph.
+    fwd = ec.flashflex_forward(inp)
+
+    def unroll():
+        inp.clear_grads()
+        ec.backward(fwd(), inp)
+
+    rec["eager_ms"] = device_ms(unroll, iters)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        unroll()
+        graph = torch.cuda.CUDAGraph()
+        inp.clear_grads()
+        with torch.cuda.graph(graph, stream=stream):
+            ec.backward(fwd(), inp)
+    torch.cuda.current_stream().wait_stream(stream)
+    rec["graph_ms"] = device_ms(graph.replay, iters)
+    return rec
+
+
+def table(records: List[dict]) -> str:
+    lines = [
+        "| T | ttt_attention fwd, CPU us | one step's backward, CPU us | SDPA causal fwd, CPU us | "
+        "unroll fwd+bwd eager, ms | unroll CUDA-graph replay, ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(f"| {r['seq_len']} | {r['fwd_us']:.1f} | {r['bwd_us']:.1f} | {r['sdpa_fwd_us']:.1f} | "
+                     f"{r['eager_ms']:.3f} | {r['graph_ms']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="2048,8192")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--out", default=None, help="markdown file to write")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("eagle3_host.py measures CUDA launches: no CUDA device", file=sys.stderr)
+        return 2
+    records = [measure(int(t), args.iters) for t in args.seq_lens.split(",")]
+    text = (f"EAGLE3 unroll host overhead ({torch.cuda.get_device_name()}, B=1, 32/8 heads, D=128, bf16, "
+            f"7 steps, step 6 timed; medians of {args.iters})\n\n" + table(records) + "\n")
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
