@@ -22,14 +22,22 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eagle3_common as ec  # noqa: E402
+import timing  # noqa: E402
 
 SLEEP_CYCLES = 2_000_000_000  # ~1 s at the H200's clock: longer than any batch of timed calls
 
 
-def host_us(call: Callable[[], object], iters: int) -> float:
-    """Median CPU microseconds of `call` while the device is busy with a sleep kernel."""
-    call()
+def host_us(call: Callable[[], object], iters: int, prepare: Optional[Callable[[], object]] = None) -> float:
+    """Median CPU microseconds of `call` while the device is busy with a sleep kernel; `prepare`
+    (if given) runs once per timed call, all before the sleep, outside the intervals."""
+    for _ in range(2):
+        if prepare is not None:
+            prepare()
+        call()
     torch.cuda.synchronize()
+    if prepare is not None:
+        for _ in range(iters):
+            prepare()
     times = []
     torch.cuda._sleep(SLEEP_CYCLES)
     for _ in range(iters):
@@ -40,19 +48,8 @@ def host_us(call: Callable[[], object], iters: int) -> float:
     return statistics.median(times)
 
 
-def device_ms(run: Callable[[], object], iters: int, warmup: int = 3) -> float:
-    """Median CUDA-event milliseconds of `run`."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def device_ms(run: Callable[[], object], iters: int) -> float:
+    return timing.cuda_time_ms(run, iters, warmup=3)[0]
 
 
 def measure(seq_len: int, iters: int) -> dict:
@@ -79,20 +76,7 @@ def measure(seq_len: int, iters: int) -> dict:
     def bwd():
         torch.autograd.backward(outs.pop(), inp.dout[last])
 
-    for _ in range(2):
-        fresh()
-        bwd()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        fresh()
-    torch.cuda._sleep(SLEEP_CYCLES)
-    for _ in range(iters):
-        start = time.perf_counter()
-        bwd()
-        times.append((time.perf_counter() - start) * 1e6)
-    torch.cuda.synchronize()
-    rec["bwd_us"] = statistics.median(times)
+    rec["bwd_us"] = host_us(bwd, iters, prepare=fresh)
 
     # The whole unroll, eager and replayed from a CUDA graph.
     fwd = ec.flashflex_forward(inp)
