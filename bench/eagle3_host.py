@@ -48,10 +48,6 @@ def host_us(call: Callable[[], object], iters: int, prepare: Optional[Callable[[
     return statistics.median(times)
 
 
-def device_ms(run: Callable[[], object], iters: int) -> float:
-    return timing.cuda_time_ms(run, iters, warmup=3)[0]
-
-
 def measure(seq_len: int, iters: int) -> dict:
     from flashflex.eagle3 import ttt_attention
 
@@ -85,17 +81,16 @@ def measure(seq_len: int, iters: int) -> dict:
         inp.clear_grads()
         ec.backward(fwd(), inp)
 
-    rec["eager_ms"] = device_ms(unroll, iters)
+    rec["eager_ms"] = timing.cuda_time_ms(unroll, iters, warmup=3)[0]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         unroll()
         graph = torch.cuda.CUDAGraph()
-        inp.clear_grads()
         with torch.cuda.graph(graph, stream=stream):
-            ec.backward(fwd(), inp)
+            unroll()
     torch.cuda.current_stream().wait_stream(stream)
-    rec["graph_ms"] = device_ms(graph.replay, iters)
+    rec["graph_ms"] = timing.cuda_time_ms(graph.replay, iters, warmup=3)[0]
     return rec
 
 
