@@ -26,6 +26,18 @@
 
 namespace flashflex {
 
+// Block 0's causal BlockMask depends on T alone. A caller running many calls of one T (the steps
+// of an unroll, forward and backward) builds it once with build_eagle3_causal_mask and passes it
+// to each: those calls then neither build it nor need workspace for it. It is read on the calls'
+// streams: it must be ready there (built on the same stream, or ordered before by an event).
+struct Eagle3CausalMask {
+  const void* data = nullptr;  // device memory written by build_eagle3_causal_mask
+  std::size_t bytes = 0;
+  int64_t seq_len = 0;         // the T it was built for
+  Device device;
+  bool defined() const { return data != nullptr; }
+};
+
 struct Eagle3ForwardArgs {
   TensorRef q;
   std::vector<TensorRef> k_blocks, v_blocks;  // k + 1 each, same shape, dtype and device
@@ -34,6 +46,7 @@ struct Eagle3ForwardArgs {
   TensorRef lse;                              // optional, written
   std::optional<double> scale;                // default 1 / sqrt(D)
   Backend backend = Backend::kAuto;           // attention.hpp
+  Eagle3CausalMask causal_mask;               // optional (CUDA): block 0's mask, built for T
 };
 
 struct Eagle3BackwardArgs {
@@ -49,14 +62,22 @@ struct Eagle3BackwardArgs {
   std::optional<double> scale;
   bool deterministic = false;                 // same bits on every run (the CPU path always is)
   Backend backend = Backend::kAuto;
+  Eagle3CausalMask causal_mask;               // optional, as in the forward
 };
+
+// Device bytes of block 0's causal mask for sequence length `seq_len` (host only, every build).
+std::size_t eagle3_causal_mask_size(int64_t seq_len);
+// Builds it into `buffer` (at least eagle3_causal_mask_size bytes, 256-byte aligned, on CUDA
+// device `device`) on `stream`: one memset and two kernels, capturable in a CUDA graph. Builds
+// without CUDA and CPU devices throw kUnsupported.
+Eagle3CausalMask build_eagle3_causal_mask(int64_t seq_len, Device device, Workspace buffer, void* stream);
 
 std::size_t workspace_size(const Eagle3ForwardArgs& args);
 std::size_t workspace_size(const Eagle3BackwardArgs& args);
 
 // `stream` is a cudaStream_t for CUDA tensors; unused on the CPU. `workspace`: device memory of
 // at least workspace_size(args) bytes for CUDA tensors (the causal BlockMask of block 0 is built
-// there on the stream; the backward's scratch follows). Arguments are validated before any work;
+// there on the stream unless args.causal_mask holds it; the backward's scratch follows). Arguments are validated before any work;
 // a failure throws flashflex::Error. On CUDA, seq_lengths stay on the device and are not read by
 // the host: a value outside [0, T] is clamped there (the CPU path rejects it). The CUDA path
 // takes bfloat16 / float16, at most 16 blocks, and never synchronizes.

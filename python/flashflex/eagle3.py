@@ -6,8 +6,9 @@ valid iff q < L_b - k (L_b = seq_lengths[b], or T when seq_lengths is None); a v
 K_0[0..q] (causal) and K_j[q] for 1 <= j <= k (one row-local key per later block), all in one
 softmax of scale * q.k. This is the customers' generate_eagle3_mask over [K_0 | ... | K_k] with
 seq_lengths - k as its lengths. Invalid rows give out 0, lse -inf and zero gradients. No score
-mods apply on this path. Gradients flow to q and to every block (flashflex::eagle3_fwd / _bwd
-custom ops in _eagle3_ops.py, usable under torch.compile(fullgraph=True))."""
+mods apply on this path. Gradients flow to q and to every block (_eagle3_ops.py: an
+autograd.Function in eager mode, the flashflex::eagle3_fwd / _bwd custom ops under
+torch.compile(fullgraph=True))."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from . import _C
 from ._check_args import check_bool, check_dense, check_sizes
-from ._eagle3_ops import eagle3_forward
+from ._eagle3_ops import eagle3_attention
 from ._kernel_options import resolve_kernel_options
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from .attention import _resolve_scale
@@ -50,9 +51,8 @@ def ttt_attention(q: torch.Tensor, k_blocks: Sequence[torch.Tensor], v_blocks: S
     _check_block_shapes(q, k_blocks, v_blocks)
     lengths = _resolve_seq_lengths(seq_lengths, q)
     scale = _resolve_scale(scale, q.shape[-1])
-    out, lse = eagle3_forward(unit_inner_stride(q), [unit_inner_stride(k) for k in k_blocks],
-                              [unit_inner_stride(v) for v in v_blocks], lengths, scale, deterministic,
-                              backend)
+    out, lse = eagle3_attention(unit_inner_stride(q), [unit_inner_stride(k) for k in k_blocks],
+                                [unit_inner_stride(v) for v in v_blocks], lengths, scale, deterministic, backend)
     return (out, lse) if return_lse else out
 
 
@@ -78,17 +78,26 @@ def _check_block_list(name: str, blocks, q: torch.Tensor) -> list:
                         f"concatenated), got {type(blocks).__name__}")
     if len(blocks) == 0:
         raise ValueError(f"{name}: expected at least one block (block 0: the causal keys), got an empty list")
+    dtype, device = q.dtype, q.device
     for j, t in enumerate(blocks):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}[{j}]: expected a torch.Tensor, got {type(t).__name__}")
-        check_dense(f"{name}[{j}]", t)
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name}[{j}]: expected dtype {q.dtype} (as q), got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name}[{j}]: expected device {q.device} (as q), got {t.device}")
-        if t.dim() != 4:
-            raise ValueError(f"{name}[{j}]: expected 4 dimensions [B, Hkv, T, D], got shape {tuple(t.shape)}")
+        # One test for the usual case (this runs per block on every call of an unroll step).
+        if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.layout == torch.strided and not t.is_nested
+                and t.dim() == 4 and t.device == device):
+            _explain_block(name, j, t, q)
     return list(blocks)
+
+
+def _explain_block(name: str, j: int, t, q: torch.Tensor) -> None:
+    """Raises the error of a block that failed _check_block_list's test."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}[{j}]: expected a torch.Tensor, got {type(t).__name__}")
+    check_dense(f"{name}[{j}]", t)
+    if t.dtype != q.dtype:
+        raise TypeError(f"{name}[{j}]: expected dtype {q.dtype} (as q), got {t.dtype}")
+    if t.device != q.device:
+        raise ValueError(f"{name}[{j}]: expected device {q.device} (as q), got {t.device}")
+    if t.dim() != 4:
+        raise ValueError(f"{name}[{j}]: expected 4 dimensions [B, Hkv, T, D], got shape {tuple(t.shape)}")
 
 
 def _check_block_shapes(q: torch.Tensor, k_blocks: list, v_blocks: list) -> None:

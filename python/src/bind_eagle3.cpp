@@ -1,8 +1,12 @@
-// The EAGLE3 functions of flashflex._C: eagle3_forward, eagle3_backward and their
-// *_workspace_size over flashflex/eagle3.hpp. Tensors arrive in binding.cpp's
-// convention, (data_ptr, dtype code, device type, device index, sizes, strides), block lists as
-// lists of such tuples; flashflex::Error kinds are mapped to Python exceptions by the translator
-// that binding.cpp registers for the whole module. Called from PYBIND11_MODULE in binding.cpp.
+// The EAGLE3 functions of flashflex._C over flashflex/eagle3.hpp: eagle3_forward, eagle3_backward,
+// and block 0's causal mask (eagle3_causal_mask_size, build_eagle3_causal_mask). Tensors arrive in
+// binding.cpp's convention, (data_ptr, dtype code, device type, device index, sizes, strides),
+// block lists as lists of such tuples; a prebuilt causal mask as (data_ptr, bytes, seq_len,
+// device index). One call per direction: the arguments are converted and validated once, and the
+// workspace comes from the caller's `alloc_workspace(nbytes) -> data_ptr` (called only when bytes
+// are needed; the caller keeps the memory alive past the call, the stream orders its reuse).
+// flashflex::Error kinds are mapped to Python exceptions by the translator that binding.cpp
+// registers for the whole module. Called from PYBIND11_MODULE in binding.cpp.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -22,6 +26,7 @@ namespace {
 using flashflex::binding::TensorTuple;
 using flashflex::binding::to_ref;
 using TensorList = std::vector<TensorTuple>;
+using MaskTuple = std::tuple<std::uintptr_t, std::size_t, int64_t, int>;  // data_ptr, bytes, seq_len, device
 
 std::vector<ff::TensorRef> to_refs(const TensorList& list) {
   std::vector<ff::TensorRef> refs;
@@ -30,9 +35,33 @@ std::vector<ff::TensorRef> to_refs(const TensorList& list) {
   return refs;
 }
 
-ff::Eagle3ForwardArgs forward_args(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
-                                   const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
-                                   const std::optional<TensorTuple>& lse, std::optional<double> scale) {
+ff::Eagle3CausalMask to_mask(const std::optional<MaskTuple>& m) {
+  ff::Eagle3CausalMask mask;
+  if (!m) return mask;
+  const auto& [ptr, bytes, seq_len, device] = *m;
+  mask.data = reinterpret_cast<const void*>(ptr);
+  mask.bytes = bytes;
+  mask.seq_len = seq_len;
+  mask.device = ff::Device{ff::DeviceType::kCuda, device};
+  return mask;
+}
+
+// workspace_size(args) bytes from the caller (validating the arguments on the way), then the call
+// itself without the GIL.
+template <class Args, class Run>
+void run_with_workspace(const Args& a, const py::function& alloc_workspace, Run&& run) {
+  const std::size_t bytes = ff::workspace_size(a);
+  void* data = nullptr;
+  if (bytes > 0) data = reinterpret_cast<void*>(alloc_workspace(bytes).template cast<std::uintptr_t>());
+  py::gil_scoped_release release;
+  run(ff::Workspace{data, bytes});
+}
+
+void eagle3_forward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
+                    const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
+                    const std::optional<TensorTuple>& lse, std::optional<double> scale, int backend,
+                    const std::optional<MaskTuple>& causal_mask, const py::function& alloc_workspace,
+                    std::uintptr_t stream) {
   ff::Eagle3ForwardArgs a;
   a.q = to_ref(q);
   a.k_blocks = to_refs(k_blocks);
@@ -41,33 +70,18 @@ ff::Eagle3ForwardArgs forward_args(const TensorTuple& q, const TensorList& k_blo
   a.out = to_ref(out);
   a.lse = to_ref(lse);
   a.scale = scale;
-  return a;
-}
-
-std::size_t eagle3_forward_workspace_size(const TensorTuple& q, const TensorList& k_blocks,
-                                          const TensorList& v_blocks, const std::optional<TensorTuple>& seq_lengths,
-                                          const TensorTuple& out, const std::optional<TensorTuple>& lse,
-                                          std::optional<double> scale) {
-  return ff::workspace_size(forward_args(q, k_blocks, v_blocks, seq_lengths, out, lse, scale));
-}
-
-void eagle3_forward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
-                    const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
-                    const std::optional<TensorTuple>& lse, std::optional<double> scale, int backend,
-                    std::uintptr_t workspace, std::size_t workspace_bytes, std::uintptr_t stream) {
-  ff::Eagle3ForwardArgs a = forward_args(q, k_blocks, v_blocks, seq_lengths, out, lse, scale);
   a.backend = flashflex::binding::to_backend(backend);
-  py::gil_scoped_release release;
-  ff::eagle3_forward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
-                     reinterpret_cast<void*>(stream));
+  a.causal_mask = to_mask(causal_mask);
+  run_with_workspace(a, alloc_workspace,
+                     [&](ff::Workspace ws) { ff::eagle3_forward(a, ws, reinterpret_cast<void*>(stream)); });
 }
 
-ff::Eagle3BackwardArgs backward_args(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
-                                     const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out,
-                                     const TensorTuple& dout, const TensorTuple& lse,
-                                     const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
-                                     const TensorList& dk_blocks, const TensorList& dv_blocks,
-                                     std::optional<double> scale, bool deterministic) {
+void eagle3_backward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
+                     const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out, const TensorTuple& dout,
+                     const TensorTuple& lse, const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
+                     const TensorList& dk_blocks, const TensorList& dv_blocks, std::optional<double> scale,
+                     bool deterministic, int backend, const std::optional<MaskTuple>& causal_mask,
+                     const py::function& alloc_workspace, std::uintptr_t stream) {
   ff::Eagle3BackwardArgs a;
   a.q = to_ref(q);
   a.k_blocks = to_refs(k_blocks);
@@ -82,31 +96,16 @@ ff::Eagle3BackwardArgs backward_args(const TensorTuple& q, const TensorList& k_b
   a.dv_blocks = to_refs(dv_blocks);
   a.scale = scale;
   a.deterministic = deterministic;
-  return a;
-}
-
-std::size_t eagle3_backward_workspace_size(const TensorTuple& q, const TensorList& k_blocks,
-                                           const TensorList& v_blocks, const std::optional<TensorTuple>& seq_lengths,
-                                           const TensorTuple& out, const TensorTuple& dout, const TensorTuple& lse,
-                                           const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
-                                           const TensorList& dk_blocks, const TensorList& dv_blocks,
-                                           std::optional<double> scale, bool deterministic) {
-  return ff::workspace_size(backward_args(q, k_blocks, v_blocks, seq_lengths, out, dout, lse, dlse, dq, dk_blocks,
-                                          dv_blocks, scale, deterministic));
-}
-
-void eagle3_backward(const TensorTuple& q, const TensorList& k_blocks, const TensorList& v_blocks,
-                     const std::optional<TensorTuple>& seq_lengths, const TensorTuple& out, const TensorTuple& dout,
-                     const TensorTuple& lse, const std::optional<TensorTuple>& dlse, const TensorTuple& dq,
-                     const TensorList& dk_blocks, const TensorList& dv_blocks, std::optional<double> scale,
-                     bool deterministic, int backend, std::uintptr_t workspace, std::size_t workspace_bytes,
-                     std::uintptr_t stream) {
-  ff::Eagle3BackwardArgs a = backward_args(q, k_blocks, v_blocks, seq_lengths, out, dout, lse, dlse, dq, dk_blocks,
-                                           dv_blocks, scale, deterministic);
   a.backend = flashflex::binding::to_backend(backend);
+  a.causal_mask = to_mask(causal_mask);
+  run_with_workspace(a, alloc_workspace,
+                     [&](ff::Workspace ws) { ff::eagle3_backward(a, ws, reinterpret_cast<void*>(stream)); });
+}
+
+void build_causal_mask(int64_t seq_len, int device, std::uintptr_t buffer, std::size_t bytes, std::uintptr_t stream) {
+  ff::Workspace ws{reinterpret_cast<void*>(buffer), bytes};
   py::gil_scoped_release release;
-  ff::eagle3_backward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes},
-                      reinterpret_cast<void*>(stream));
+  ff::build_eagle3_causal_mask(seq_len, ff::Device{ff::DeviceType::kCuda, device}, ws, reinterpret_cast<void*>(stream));
 }
 
 }  // namespace
@@ -114,15 +113,12 @@ void eagle3_backward(const TensorTuple& q, const TensorList& k_blocks, const Ten
 void bind_eagle3(py::module_& mod) {
   mod.def("eagle3_forward", &eagle3_forward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
           py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"), py::arg("backend"),
-          py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
-  mod.def("eagle3_forward_workspace_size", &eagle3_forward_workspace_size, py::arg("q"), py::arg("k_blocks"),
-          py::arg("v_blocks"), py::arg("seq_lengths"), py::arg("out"), py::arg("lse"), py::arg("scale"));
+          py::arg("causal_mask"), py::arg("alloc_workspace"), py::arg("stream"));
   mod.def("eagle3_backward", &eagle3_backward, py::arg("q"), py::arg("k_blocks"), py::arg("v_blocks"),
           py::arg("seq_lengths"), py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("dlse"), py::arg("dq"),
           py::arg("dk_blocks"), py::arg("dv_blocks"), py::arg("scale"), py::arg("deterministic"),
-          py::arg("backend"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"));
-  mod.def("eagle3_backward_workspace_size", &eagle3_backward_workspace_size, py::arg("q"), py::arg("k_blocks"),
-          py::arg("v_blocks"), py::arg("seq_lengths"), py::arg("out"), py::arg("dout"), py::arg("lse"),
-          py::arg("dlse"), py::arg("dq"), py::arg("dk_blocks"), py::arg("dv_blocks"), py::arg("scale"),
-          py::arg("deterministic"));
+          py::arg("backend"), py::arg("causal_mask"), py::arg("alloc_workspace"), py::arg("stream"));
+  mod.def("eagle3_causal_mask_size", &ff::eagle3_causal_mask_size, py::arg("seq_len"));
+  mod.def("build_eagle3_causal_mask", &build_causal_mask, py::arg("seq_len"), py::arg("device"), py::arg("buffer"),
+          py::arg("bytes"), py::arg("stream"));
 }

@@ -7,6 +7,7 @@
 
 #include "api/validate_limits.hpp"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -100,6 +101,27 @@ void check_seq_lengths(const TensorRef& t, const Eagle3Shape& s) {
   }
 }
 
+// ---- block 0's prebuilt causal mask ---------------------------------------------------------
+
+// Optional: built by build_eagle3_causal_mask for q's T on q's device (its bytes and pointer as
+// that build needs them).
+void check_causal_mask(const Eagle3CausalMask& m, const Eagle3Shape& s) {
+  if (!m.defined()) return;
+  if (m.device != s.device) {
+    fail(ErrorKind::kInvalidArgument, "causal_mask: expected a mask built on q's device ", device_name(s.device), ":",
+         s.device.index, ", got one of ", device_name(m.device), ":", m.device.index);
+  }
+  if (m.seq_len != s.q_len) {
+    fail(ErrorKind::kInvalidArgument, "causal_mask: expected a mask built for seq_len ", s.q_len,
+         " (as q), got one for ", m.seq_len);
+  }
+  const std::size_t needed = eagle3_causal_mask_size(s.q_len);
+  if (m.bytes < needed || reinterpret_cast<std::uintptr_t>(m.data) % 256 != 0) {
+    fail(ErrorKind::kInvalidArgument, "causal_mask: expected ", needed, " bytes at a 256-byte aligned address "
+         "(build_eagle3_causal_mask), got ", m.bytes);
+  }
+}
+
 // ---- the inputs both directions share ------------------------------------------------------
 
 Eagle3Shape check_inputs(const TensorRef& q, const std::vector<TensorRef>& k_blocks,
@@ -120,6 +142,7 @@ Eagle3Shape validate_eagle3_forward(const Eagle3ForwardArgs& a) {
   check_like("out", a.out, s, s.q_heads, s.q_len, s.head_dim, "as q", true);
   if (a.lse.defined()) check_row_stat("lse", a.lse, s, true);
   check_scale(a.scale);
+  check_causal_mask(a.causal_mask, s);
   return s;
 }
 
@@ -135,6 +158,7 @@ Eagle3Shape validate_eagle3_backward(const Eagle3BackwardArgs& a) {
   check_blocks("dk_blocks", a.dk_blocks, s, true);
   check_blocks("dv_blocks", a.dv_blocks, s, true);
   check_scale(a.scale);
+  check_causal_mask(a.causal_mask, s);
   return s;
 }
 

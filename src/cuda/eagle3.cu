@@ -1,6 +1,6 @@
 // Host side of the EAGLE3 CUDA path (include/flashflex/eagle3.hpp; src/cuda/launch_eagle3.hpp). TTT step k:
 //   forward   causal BlockMask of block 0 built on the device into the workspace
-//             (mask/block_mask_device.hpp), then the block-sparse forward over (q, K_0, V_0) with
+//             (mask/block_mask_device.hpp) unless the caller passes it prebuilt, then the block-sparse forward over (q, K_0, V_0) with
 //             the row-local keys K_1..K_k folded into its softmax (common/row_local_fold.cuh);
 //   backward  the same mask and the backward plan of block 0 (composition.hpp: dq, dK_0, dV_0)
 //             with the forward's LSE (which includes the row-local keys); between its main kernel
@@ -39,6 +39,19 @@ const Mask& causal_mask() {
 
 DeviceBlockMaskPlan mask_plan(const TensorRef& q) {
   return plan_device_block_mask(causal_mask(), 1, 1, q.sizes[2], q.sizes[2]);
+}
+
+// Workspace bytes the mask takes: none when the caller passes it prebuilt.
+std::size_t mask_bytes(const Eagle3CausalMask& prebuilt, const DeviceBlockMaskPlan& plan) {
+  return prebuilt.defined() ? 0 : align_up(plan.bytes);
+}
+
+// The prebuilt mask (validated against q's T and device by validate_eagle3.cpp), or one built
+// into the workspace now.
+BlockMask block0_mask(const Eagle3CausalMask& prebuilt, const DeviceBlockMaskPlan& plan, void* workspace,
+                      int device_index, void* stream) {
+  if (prebuilt.defined()) return device_block_mask_view(plan, const_cast<void*>(prebuilt.data), device_index);
+  return build_device_block_mask(causal_mask(), plan, workspace, device_index, stream);
 }
 
 void check_blocks(const char* pass, const TensorRef& q, const std::vector<TensorRef>& k_blocks,
@@ -148,7 +161,7 @@ struct BackwardLayout {
 BackwardLayout backward_layout(const Eagle3BackwardArgs& args) {
   BackwardLayout w;
   w.plan = mask_plan(args.q);
-  w.mask_bytes = align_up(w.plan.bytes);
+  w.mask_bytes = mask_bytes(args.causal_mask, w.plan);
   const BlockMask shape = device_block_mask_view(w.plan, nullptr, args.q.device.index);
   w.total = w.mask_bytes + backward_workspace_size(block0_backward_args(args, &shape));
   return w;
@@ -156,16 +169,24 @@ BackwardLayout backward_layout(const Eagle3BackwardArgs& args) {
 
 }  // namespace
 
-std::size_t eagle3_forward_workspace_size(const Eagle3ForwardArgs& args) { return align_up(mask_plan(args.q).bytes); }
+void build_eagle3_causal_mask(const Eagle3CausalMask& mask, void* stream) {
+  const DeviceBlockMaskPlan plan = plan_device_block_mask(causal_mask(), 1, 1, mask.seq_len, mask.seq_len);
+  DeviceGuard guard(mask.device.index);
+  build_device_block_mask(causal_mask(), plan, const_cast<void*>(mask.data), mask.device.index, stream);
+}
+
+std::size_t eagle3_forward_workspace_size(const Eagle3ForwardArgs& args) {
+  return mask_bytes(args.causal_mask, mask_plan(args.q));
+}
 
 void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace workspace, void* stream) {
   check_blocks("EAGLE3 forward", args.q, args.k_blocks, args.v_blocks);
   const DeviceBlockMaskPlan plan = mask_plan(args.q);
-  check_workspace(workspace, align_up(plan.bytes));
+  check_workspace(workspace, mask_bytes(args.causal_mask, plan));
   const RowLocalKeys keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
 
   DeviceGuard guard(args.q.device.index);
-  const BlockMask mask = build_device_block_mask(causal_mask(), plan, workspace.data, args.q.device.index, stream);
+  const BlockMask mask = block0_mask(args.causal_mask, plan, workspace.data, args.q.device.index, stream);
   ForwardArgs f;
   f.q = args.q;
   f.k = args.k_blocks[0];
@@ -189,13 +210,14 @@ void eagle3_backward(const Eagle3BackwardArgs& args, double scale, Workspace wor
   check_workspace(workspace, w.total);
   const Workspace rest{static_cast<unsigned char*>(workspace.data) + w.mask_bytes, workspace.size - w.mask_bytes};
   // The plan reads only the mask's sizes: the device lists are built below, before any launch.
-  const BlockMask shape = device_block_mask_view(w.plan, workspace.data, args.q.device.index);
+  void* mask_data = args.causal_mask.defined() ? const_cast<void*>(args.causal_mask.data) : workspace.data;
+  const BlockMask shape = device_block_mask_view(w.plan, mask_data, args.q.device.index);
   const BackwardPlan plan = plan_backward(block0_backward_args(args, &shape), scale, rest,
                                           row_limit(args.seq_lengths, args.k_blocks.size()));
   const RowLocalBwdParams row_local = row_local_bwd_params(args, scale, plan.params);
 
   DeviceGuard guard(args.q.device.index);
-  const BlockMask mask = build_device_block_mask(causal_mask(), w.plan, workspace.data, args.q.device.index, stream);
+  const BlockMask mask = block0_mask(args.causal_mask, w.plan, workspace.data, args.q.device.index, stream);
   (void)mask;  // plan.params' mask view points at the same arrays
   run_backward_pre(plan, stream);
   run_backward_main(plan, stream);

@@ -10,6 +10,9 @@
 
 namespace flashflex::cuda {
 
+// Block 0's causal mask into mask.data (validated by the caller), on `stream`.
+void build_eagle3_causal_mask(const Eagle3CausalMask& mask, void* stream);
+
 std::size_t eagle3_forward_workspace_size(const Eagle3ForwardArgs& args);
 void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace workspace, void* stream);
 

@@ -306,6 +306,55 @@ TEST_F(Eagle3Validation, BackwardGradientBlockBroadcast) {
              "of size 2");
 }
 
+// ---- block 0's prebuilt causal mask -----------------------------------------------------------
+
+// A mask passed in must be one built for q's T on q's device, with the bytes such a build needs.
+TEST_F(Eagle3Validation, CausalMaskOfAnotherDevice) {
+  alignas(256) static unsigned char buffer[1 << 16];
+  auto f = fwd();
+  f.causal_mask = ff::Eagle3CausalMask{buffer, sizeof(buffer), kT, ff::Device{ff::DeviceType::kCuda, 0}};
+  expect_fwd(f, kInvalid, "causal_mask: expected a mask built on q's device cpu:0, got one of cuda:0");
+  auto b = bwd();
+  b.causal_mask = f.causal_mask;
+  expect_bwd(b, kInvalid, "causal_mask: expected a mask built on q's device cpu:0, got one of cuda:0");
+}
+
+TEST_F(Eagle3Validation, CausalMaskOfAnotherLength) {
+  alignas(256) static unsigned char buffer[1 << 16];
+  auto f = fwd();
+  f.causal_mask = ff::Eagle3CausalMask{buffer, sizeof(buffer), kT + 1, ff::Device{}};
+  expect_fwd(f, kInvalid, "causal_mask: expected a mask built for seq_len 5 (as q), got one for 6");
+}
+
+TEST_F(Eagle3Validation, CausalMaskTooSmallOrMisaligned) {
+  alignas(256) static unsigned char buffer[1 << 16];
+  const std::size_t needed = ff::eagle3_causal_mask_size(kT);
+  const std::string msg = "causal_mask: expected " + std::to_string(needed) +
+                          " bytes at a 256-byte aligned address (build_eagle3_causal_mask), got ";
+  auto f = fwd();
+  f.causal_mask = ff::Eagle3CausalMask{buffer, needed - 1, kT, ff::Device{}};
+  expect_fwd(f, kInvalid, msg + std::to_string(needed - 1));
+  f.causal_mask = ff::Eagle3CausalMask{buffer + 16, needed, kT, ff::Device{}};
+  expect_fwd(f, kInvalid, msg + std::to_string(needed));
+}
+
+TEST_F(Eagle3Validation, CausalMaskBuildNeedsCudaAndItsBytes) {
+  alignas(256) static unsigned char buffer[1 << 16];
+  expect_error([&] { ff::eagle3_causal_mask_size(0); }, kInvalid, "seq_len: expected a positive length, got 0");
+  expect_error([&] { ff::build_eagle3_causal_mask(kT, ff::Device{}, ff::Workspace{buffer, sizeof(buffer)}, nullptr); },
+               kUnsupported,
+               "device: the EAGLE3 causal mask is built on CUDA devices only (the CPU reference needs none)");
+  const std::size_t needed = ff::eagle3_causal_mask_size(kT);
+  expect_error(
+      [&] {
+        ff::build_eagle3_causal_mask(kT, ff::Device{ff::DeviceType::kCuda, 0}, ff::Workspace{buffer, needed - 1},
+                                     nullptr);
+      },
+      kInvalid,
+      "buffer: expected at least " + std::to_string(needed) + " bytes (eagle3_causal_mask_size), got " +
+          std::to_string(needed - 1));
+}
+
 // ---- backend -------------------------------------------------------------------------------
 
 // Every tensor on CUDA (float32, the dtype of this fixture), with a length that would be rejected

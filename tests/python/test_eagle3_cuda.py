@@ -166,14 +166,25 @@ def test_long_sequence_many_full_tiles(gen):
 
 # ---- the native calls: every output element written, determinism, graphs -----------------------
 
+class PoisonedWorkspace:
+    """alloc_workspace of the native calls: 0xFF bytes, so that scratch the kernels forget to
+    initialise shows."""
+
+    def __init__(self, device):
+        self.device, self.tensor = device, None
+
+    def __call__(self, nbytes):
+        self.tensor = torch.full((nbytes,), 255, dtype=torch.uint8, device=self.device)
+        return self.tensor.data_ptr()
+
+
 def native_forward(q, k_blocks, v_blocks, lengths, scale):
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:3], float("nan"), device=q.device)
     args = (tensor_ref(q), [tensor_ref(k) for k in k_blocks], [tensor_ref(v) for v in v_blocks],
             tensor_ref(lengths), tensor_ref(out), tensor_ref(lse), scale)
-    nbytes = _C.eagle3_forward_workspace_size(*args)
-    ws = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
-    _C.eagle3_forward(*args, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
+    # No prebuilt mask: the call builds block 0's mask into its (poisoned) workspace.
+    _C.eagle3_forward(*args, _C.BACKENDS["AUTO"], None, PoisonedWorkspace(q.device), stream_of(q))
     return out, lse
 
 
@@ -184,9 +195,7 @@ def native_backward(q, k_blocks, v_blocks, lengths, out, dout, lse, dlse, scale,
     args = (tensor_ref(q), [tensor_ref(k) for k in k_blocks], [tensor_ref(v) for v in v_blocks],
             tensor_ref(lengths), tensor_ref(out), tensor_ref(dout), tensor_ref(lse), tensor_ref(dlse),
             tensor_ref(dq), [tensor_ref(t) for t in dks], [tensor_ref(t) for t in dvs], scale, deterministic)
-    nbytes = _C.eagle3_backward_workspace_size(*args)
-    ws = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
-    _C.eagle3_backward(*args, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
+    _C.eagle3_backward(*args, _C.BACKENDS["AUTO"], None, PoisonedWorkspace(q.device), stream_of(q))
     return [dq, *dks, *dvs]
 
 
@@ -209,6 +218,38 @@ def test_native_outputs_poisoned_then_fully_written(deterministic, gen):
         again = native_backward(q, k_blocks, v_blocks, lengths, out, dout, lse, dlse, scale, True)
         for a, b in zip(grads, again):
             assert torch.equal(a, b), "deterministic backward: bits differ between runs"
+
+
+def test_cached_causal_mask_across_lengths_streams_and_evictions(gen):
+    """ttt_attention reads block 0's mask from flashflex._eagle3_mask_cache; the native calls
+    without one build it per call. Same kernels, so the same bits (deterministic backward), over
+    more lengths than the cache holds (evictions), lengths seen again (hits after eviction too) and
+    calls on a second stream (the wait for the build's event)."""
+    from flashflex import _eagle3_mask_cache
+    _eagle3_mask_cache.clear()
+    step, scale = 2, 1.0 / math.sqrt(64)
+    seq_lens = [129, 257, 385, 513, 641, 769, 897, 1025, 1153, 129, 257, 1153]  # 9 distinct, 8 cached
+    side = torch.cuda.Stream()
+    for i, seq_len in enumerate(seq_lens):
+        q, k_blocks, v_blocks, dout, dlse = make_inputs(gen, 1, 4, 1, seq_len, 64, step, torch.bfloat16)
+        stream = side if i % 2 else torch.cuda.current_stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            leaves = [t.detach().requires_grad_() for t in (q, *k_blocks, *v_blocks)]
+            n = step + 1
+            out, lse = flashflex.eagle3.ttt_attention(leaves[0], leaves[1:1 + n], leaves[1 + n:], return_lse=True,
+                                                      kernel_options={"deterministic": True})
+            torch.autograd.backward([out, lse], [dout, torch.where(torch.isfinite(lse), dlse, 0.0)])
+            want_out, want_lse = native_forward(q, k_blocks, v_blocks, None, scale)
+            want_grads = native_backward(q, k_blocks, v_blocks, None, want_out, dout, want_lse,
+                                         torch.where(torch.isfinite(want_lse), dlse, 0.0), scale, True)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        assert torch.equal(out, want_out), f"T={seq_len}: out"
+        assert torch.equal(lse, want_lse), f"T={seq_len}: lse"
+        for j, (leaf, want) in enumerate(zip(leaves, want_grads)):
+            assert torch.equal(leaf.grad, want), f"T={seq_len}: gradient {j}"
+    assert len(_eagle3_mask_cache._entries) == _eagle3_mask_cache._MAX_ENTRIES
 
 
 def test_cuda_graph_capture_and_replay(gen):
