@@ -1,6 +1,6 @@
 // The sm_90a backward main kernel (FlashAttention-3's scheme: TMA, wgmma, warp specialization).
-// One CTA per (kv head x split of its GQA group, kv tile of 128 keys, batch), as the sm80 kernel's
-// grid: K and V stay in shared memory, fp32 dK and dV in the consumers' registers while the
+// One CTA per (kv head x split of its GQA group, kv tile of 128 keys, batch), in the order
+// launch_bwd.cuh gives: K and V stay in shared memory, fp32 dK and dV in the consumers' registers while the
 // producer (mainloop_bwd.cuh) streams the q steps of the CTA's walk (common/q_walk.cuh).
 // Warpgroup 0 is the producer (setmaxnreg down; one thread), warpgroups 1 and 2 the consumers
 // (setmaxnreg up), each owning 64 keys. Per step and consumer warpgroup:
@@ -287,9 +287,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const auto s = aligned_smem<SmemBwd<Traits>>(smem_raw);
   if (threadIdx.x == 0) s.init_barriers();
   __syncthreads();
-  const int kv_head = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
-  // Deterministic mode runs kv tiles in reverse: a CTA waits only for CTAs of higher kv tiles.
-  const int kv_tile = p.deterministic ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  // The grid's order (launch_bwd.cuh): kv heads x splits fastest by default, kv tiles fastest and
+  // in reverse in deterministic mode (a CTA waits only for CTAs of higher kv tiles).
+  const int head_split = p.deterministic ? blockIdx.y : blockIdx.x;
+  const int tile_index = p.deterministic ? blockIdx.x : blockIdx.y;
+  const int kv_head = head_split / p.splits, split = head_split % p.splits;
+  const int kv_tile = p.deterministic ? p.num_kv_tiles - 1 - tile_index : tile_index;
   const int b = blockIdx.z;
   const int wg = threadIdx.x / 128;
   if (wg == 0) {

@@ -1,9 +1,13 @@
 // Definition of the sm_90a backward launchers (declared in launch_bwd.hpp): raises the kernel's
 // shared-memory limit once per device (device_info.hpp), encodes the tensor maps of Q, K, V, dO
-// and of the fp32 dQ accumulator (tma_map.hpp) and launches kernel_bwd.cuh's kernel on the grid
-// (kv head x split, kv tile, batch): blocks launch x fastest, so every kv head's first kv tile
-// (causal: the longest walk) starts before any second one. The caller (backward.cu) has checked
-// bwd_unsupported. Included only by the instantiation files sm90/bwd_*.cu.
+// and of the fp32 dQ accumulator (tma_map.hpp) and launches kernel_bwd.cuh's kernel. Blocks
+// launch x fastest. Default: grid (kv head x split, kv tile, batch), so every kv head's first kv
+// tile (causal: the longest walk) starts before any second one. Deterministic: grid (kv tile in
+// reverse, kv head x split, batch): the CTAs of one kv head are resident together, and the dQ
+// turns along each q tile (descending kv order) run as a wavefront among them instead of waiting
+// on CTAs launched much later (H200, causal 16k: 18.8 -> 16.8 ms; the default order measured no
+// better this way, document masks 7% worse: bench/NOTES.md). The caller (backward.cu) has checked
+// bwd_unsupported (the grid's y limit). Included only by the instantiation files sm90/bwd_*.cu.
 #pragma once
 
 #include <cuda.h>
@@ -35,8 +39,8 @@ void launch_bwd(const cuda::BwdParams& p, void* stream) {
   cuda::BwdParams args = p;  // with the dQ map (the kernel always adds dQ through the copy engine)
   cuda::encode_dq_tensor_map(&args.dq_map, p.dq_accum, static_cast<int64_t>(p.batch) * p.q_heads * p.q_len_pad,
                              kHeadDim, 64);
-  const dim3 grid(static_cast<unsigned>(p.kv_heads * p.splits), static_cast<unsigned>(p.num_kv_tiles),
-                  static_cast<unsigned>(p.batch));
+  const unsigned tiles = static_cast<unsigned>(p.num_kv_tiles), heads = static_cast<unsigned>(p.kv_heads * p.splits);
+  const dim3 grid(p.deterministic ? tiles : heads, p.deterministic ? heads : tiles, static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(args, map_q, map_k, map_v, map_do);
   FLASHFLEX_CUDA_CHECK(cudaGetLastError());
 }

@@ -32,7 +32,10 @@ inline const char* bwd_unsupported(const cuda::BwdParams& p) {
   if (static_cast<int64_t>(p.batch) * p.q_heads * p.q_len_pad >= (int64_t{1} << 31)) {
     return "q: the sm90 backward needs batch * heads * padded length < 2^31";
   }
-  if (p.num_kv_tiles > 65535) return "k: the sm90 backward supports at most 65535 kv tiles";
+  if (!p.deterministic && p.num_kv_tiles > 65535) return "k: the sm90 backward supports at most 65535 kv tiles";
+  if (p.deterministic && static_cast<int64_t>(p.kv_heads) * p.splits > 65535) {
+    return "k: the deterministic sm90 backward supports at most 65535 kv heads x GQA splits";
+  }
   return nullptr;
 }
 
