@@ -44,16 +44,39 @@ def ttt_attention(q: torch.Tensor, k_blocks: Sequence[torch.Tensor], v_blocks: S
     check_bool("return_lse", return_lse)
     deterministic, backend = resolve_kernel_options(kernel_options)
     _check_query(q)
-    k_blocks = _check_block_list("k_blocks", k_blocks, q)
-    v_blocks = _check_block_list("v_blocks", v_blocks, q)
-    if len(v_blocks) != len(k_blocks):
-        raise ValueError(f"v_blocks: expected {len(k_blocks)} blocks (as k_blocks), got {len(v_blocks)}")
-    _check_block_shapes(q, k_blocks, v_blocks)
+    if _usual_blocks(q, k_blocks, v_blocks):
+        k_blocks, v_blocks = list(k_blocks), list(v_blocks)
+    else:  # find and word the error, or copy the blocks whose rows are not contiguous
+        k_blocks = _check_block_list("k_blocks", k_blocks, q)
+        v_blocks = _check_block_list("v_blocks", v_blocks, q)
+        if len(v_blocks) != len(k_blocks):
+            raise ValueError(f"v_blocks: expected {len(k_blocks)} blocks (as k_blocks), got {len(v_blocks)}")
+        _check_block_shapes(q, k_blocks, v_blocks)
+        k_blocks = [unit_inner_stride(k) for k in k_blocks]
+        v_blocks = [unit_inner_stride(v) for v in v_blocks]
     lengths = _resolve_seq_lengths(seq_lengths, q)
     scale = _resolve_scale(scale, q.shape[-1])
-    out, lse = eagle3_attention(unit_inner_stride(q), [unit_inner_stride(k) for k in k_blocks],
-                                [unit_inner_stride(v) for v in v_blocks], lengths, scale, deterministic, backend)
+    out, lse = eagle3_attention(unit_inner_stride(q), k_blocks, v_blocks, lengths, scale, deterministic, backend)
     return (out, lse) if return_lse else out
+
+
+def _usual_blocks(q: torch.Tensor, k_blocks, v_blocks) -> bool:
+    """The case of every call of an unroll, in one test per block: lists of as many plain 4-d
+    tensors of q's dtype and device, all of k_blocks[0]'s shape (q's batch, T and D; heads dividing
+    q's), rows contiguous. Anything else takes the checks below, which word the error."""
+    if not (isinstance(k_blocks, (list, tuple)) and isinstance(v_blocks, (list, tuple)) and k_blocks
+            and len(v_blocks) == len(k_blocks) and isinstance(k_blocks[0], torch.Tensor)):
+        return False
+    shape, dtype, device = k_blocks[0].shape, q.dtype, q.device
+    if not (len(shape) == 4 and (shape[0], shape[2], shape[3]) == (q.shape[0], q.shape[2], q.shape[3])
+            and shape[1] > 0 and q.shape[1] % shape[1] == 0):
+        return False
+    for blocks in (k_blocks, v_blocks):
+        for t in blocks:
+            if not (isinstance(t, torch.Tensor) and t.shape == shape and t.dtype == dtype and t.device == device
+                    and t.layout == torch.strided and not t.is_nested and t.stride(-1) == 1):
+                return False
+    return True
 
 
 def _check_query(q) -> None:
@@ -78,17 +101,12 @@ def _check_block_list(name: str, blocks, q: torch.Tensor) -> list:
                         f"concatenated), got {type(blocks).__name__}")
     if len(blocks) == 0:
         raise ValueError(f"{name}: expected at least one block (block 0: the causal keys), got an empty list")
-    dtype, device = q.dtype, q.device
     for j, t in enumerate(blocks):
-        # One test for the usual case (this runs per block on every call of an unroll step).
-        if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.layout == torch.strided and not t.is_nested
-                and t.dim() == 4 and t.device == device):
-            _explain_block(name, j, t, q)
+        _check_block(name, j, t, q)
     return list(blocks)
 
 
-def _explain_block(name: str, j: int, t, q: torch.Tensor) -> None:
-    """Raises the error of a block that failed _check_block_list's test."""
+def _check_block(name: str, j: int, t, q: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}[{j}]: expected a torch.Tensor, got {type(t).__name__}")
     check_dense(f"{name}[{j}]", t)
