@@ -1,7 +1,8 @@
 // Host side of the EAGLE3 CUDA path (include/flashflex/eagle3.hpp; src/cuda/launch_eagle3.hpp). TTT step k:
 //   forward   causal BlockMask of block 0 built on the device into the workspace
-//             (mask/block_mask_device.hpp) unless the caller passes it prebuilt, then the block-sparse forward over (q, K_0, V_0) with
-//             the row-local keys K_1..K_k folded into its softmax (common/row_local_fold.cuh);
+//             (mask/block_mask_device.hpp) unless the caller passes it prebuilt, then the
+//             block-sparse forward over (q, K_0, V_0) with the row-local keys K_1..K_k folded
+//             into its softmax (common/row_local_fold.cuh);
 //   backward  the same mask and the backward plan of block 0 (composition.hpp: dq, dK_0, dV_0)
 //             with the forward's LSE (which includes the row-local keys); between its main kernel
 //             and its post passes, the row-local pass writing dK_j, dV_j (bwd/row_local.cuh).
