@@ -36,8 +36,9 @@ _entries: "OrderedDict[Tuple[int, int], _Entry]" = OrderedDict()
 
 def causal_mask(q: torch.Tensor, stream: int) -> Optional[MaskTuple]:
     """The prebuilt mask for q's T on q's CUDA device, ready on `stream` (a cudaStream_t of q's
-    device); None on the CPU and while `stream` is being captured."""
-    if not q.is_cuda or torch.cuda.is_current_stream_capturing():
+    device); None on the CPU, while the current stream is being captured, and for q on another
+    device than the current one (whose capture state torch does not tell)."""
+    if not q.is_cuda or q.device.index != torch.cuda.current_device() or torch.cuda.is_current_stream_capturing():
         return None
     key = (q.device.index, q.shape[2])
     entry = _entries.get(key)
