@@ -102,20 +102,16 @@ def _check_block_list(name: str, blocks, q: torch.Tensor) -> list:
     if len(blocks) == 0:
         raise ValueError(f"{name}: expected at least one block (block 0: the causal keys), got an empty list")
     for j, t in enumerate(blocks):
-        _check_block(name, j, t, q)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{j}]: expected a torch.Tensor, got {type(t).__name__}")
+        check_dense(f"{name}[{j}]", t)
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}[{j}]: expected dtype {q.dtype} (as q), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}[{j}]: expected device {q.device} (as q), got {t.device}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}[{j}]: expected 4 dimensions [B, Hkv, T, D], got shape {tuple(t.shape)}")
     return list(blocks)
-
-
-def _check_block(name: str, j: int, t, q: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}[{j}]: expected a torch.Tensor, got {type(t).__name__}")
-    check_dense(f"{name}[{j}]", t)
-    if t.dtype != q.dtype:
-        raise TypeError(f"{name}[{j}]: expected dtype {q.dtype} (as q), got {t.dtype}")
-    if t.device != q.device:
-        raise ValueError(f"{name}[{j}]: expected device {q.device} (as q), got {t.device}")
-    if t.dim() != 4:
-        raise ValueError(f"{name}[{j}]: expected 4 dimensions [B, Hkv, T, D], got shape {tuple(t.shape)}")
 
 
 def _check_block_shapes(q: torch.Tensor, k_blocks: list, v_blocks: list) -> None:

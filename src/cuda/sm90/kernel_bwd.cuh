@@ -1,7 +1,7 @@
 // The sm_90a backward main kernel (FlashAttention-3's scheme: TMA, wgmma, warp specialization).
 // One CTA per (kv head x split of its GQA group, kv tile of 128 keys, batch), in the order
-// launch_bwd.cuh gives: K and V stay in shared memory, fp32 dK and dV in the consumers' registers while the
-// producer (mainloop_bwd.cuh) streams the q steps of the CTA's walk (common/q_walk.cuh).
+// launch_bwd.cuh gives: K and V stay in shared memory, fp32 dK and dV in the consumers' registers
+// while the producer (mainloop_bwd.cuh) streams the q steps of the CTA's walk (common/q_walk.cuh).
 // Warpgroup 0 is the producer (setmaxnreg down; one thread), warpgroups 1 and 2 the consumers
 // (setmaxnreg up), each owning 64 keys. Per step and consumer warpgroup:
 //   S^T = K Q^T, dP^T = V dO^T                        (SS wgmma, both issued; wait for S^T)
