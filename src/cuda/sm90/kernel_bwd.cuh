@@ -140,18 +140,29 @@ __device__ __forceinline__ void store_ds(uint32_t tile, const uint32_t (&ds)[Tra
 }
 
 // The warpgroup's fp32 dQ columns -> its staging tile: kDqBoxes boxes of 64 rows x 32 columns in
-// the dQ map's 128-byte swizzle (common/dq_writer.cuh's layout).
+// the dQ map's 128-byte swizzle (common/dq_writer.cuh's layout). A 64-bit store is served per
+// half-warp: 4 rows (row % 8 = 4 i .. 4 i + 3) x 32 bytes. In the swizzle, rows r and r ^ 1 put a
+// 32-byte column group on the same banks (16-byte chunk ^= r % 8 keeps the chunk pair), so at
+// store n odd rows write column group n ^ 2 instead of n: the half-warp's 4 rows then land on 4
+// distinct bank groups (one wavefront where there were two). row: this thread's first row
+// (row % 2 = lane / 4 % 2); the selection costs one select per value.
 template <class Traits>
 __device__ __forceinline__ void stage_dq(uint32_t tile, const float (&acc)[Traits::kDqCols / 2], int row, int t) {
+  static_assert(Traits::kDqCols % 32 == 0, "column groups swap within a 32-column box");
+  const bool odd = row & 1;
 #pragma unroll
-  for (int j = 0; j < Traits::kDqCols / 8; ++j)
+  for (int n = 0; n < Traits::kDqCols / 8; ++n) {
+    const int j = odd ? n ^ 2 : n;  // the column group stored (8 j .. 8 j + 7)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = row + 8 * h, c = 8 * j + 2 * t;
+      const float x = odd ? acc[4 * (n ^ 2) + 2 * h] : acc[4 * n + 2 * h];
+      const float y = odd ? acc[4 * (n ^ 2) + 2 * h + 1] : acc[4 * n + 2 * h + 1];
       const uint32_t addr = tile + (c / 32) * Traits::kDqBoxBytes + r * 128 + (((((c % 32) * 4) >> 4) ^ (r & 7)) << 4) +
                             (((c % 32) * 4) & 15);
-      ptx::st_shared_f32x2(addr, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      ptx::st_shared_f32x2(addr, x, y);
     }
+  }
 }
 
 // Deterministic mode: the CTAs that add into one (batch, head, q tile) of dQ take turns in
