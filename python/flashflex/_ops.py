@@ -1,5 +1,13 @@
-"""torch.library custom ops flashflex::fwd / flashflex::bwd over the native core, with fake
-implementations (torch.compile traces them without running them) and registered autograd.
+"""The attention calls over the native core, in two forms with one implementation (_forward /
+_backward below), as _eagle3_ops.py:
+
+  eager       attention: an autograd.Function (or, without grad, the forward alone), the cheapest
+              dispatch torch offers from Python (the custom ops' eager dispatch cost about a
+              millisecond of host time per forward and per backward call);
+  compiled    torch.library custom ops flashflex::fwd / flashflex::bwd with fake implementations
+              and registered autograd, which torch.compile traces without running; attention takes
+              them while compiling (and torch.ops.flashflex.* reach them directly).
+
 Block masks travel as their ten int32 tensors (their sequence lengths are q's and k's, checked
 by the caller); score mods as (kind, cap, tensor)."""
 
@@ -37,14 +45,8 @@ def _empty_out(q: Tensor) -> Tensor:
     return torch.empty_like(q, memory_format=torch.preserve_format)
 
 
-@torch.library.custom_op("flashflex::fwd", mutates_args=())
-def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor],
-                      scale: float, mod_kind: int, cap: float, mod_tensor: Optional[Tensor],
-                      deterministic: bool, backend: int) -> Tuple[Tensor, Tensor]:
-    # The op is reachable without flex_attention (torch.ops.flashflex.fwd): sizes past the index
-    # limits must fail before the outputs are allocated; the native core checks everything else.
-    check_sizes("q", q, "Q_LEN")
-    check_sizes("k", k, "KV_LEN")
+def _forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], scale: float, mod_kind: int,
+             cap: float, mod_tensor: Optional[Tensor], backend: int) -> Tuple[Tensor, Tensor]:
     out = _empty_out(q)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale,
@@ -52,16 +54,9 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor
     return out, lse
 
 
-@attention_forward.register_fake
-def _(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic, backend):
-    return _empty_out(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
-
-
-@torch.library.custom_op("flashflex::bwd", mutates_args=())
-def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                       lse: Tensor, mask_tensors: List[Tensor], scale: float, mod_kind: int,
-                       cap: float, mod_tensor: Optional[Tensor], need_dbias: bool,
-                       deterministic: bool, backend: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+              mask_tensors: List[Tensor], scale: float, mod_kind: int, cap: float, mod_tensor: Optional[Tensor],
+              need_dbias: bool, deterministic: bool, backend: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbias = torch.empty_like(mod_tensor) if need_dbias else q.new_empty(0)
     # Named, so that a copy made for the layout outlives the native call reading its pointer.
@@ -75,6 +70,95 @@ def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tenso
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
     _C.backward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
     return dq, dk, dv, dbias
+
+
+def _gradients(backward, dout, dlse, q, k, v, out, lse, mask_tensors, scale, mod_kind, cap, mod_tensor,
+               need_mod_grad: bool, deterministic: bool, backend: int):
+    """(dq, dk, dv, d mod_tensor or None) through `backward` (_backward, or the flashflex::bwd op
+    when compiled); learnable ALiBi slopes through the equal bias (_alibi_backward)."""
+    if dout is None:  # only lse reached the loss
+        dout = torch.zeros_like(out)
+    if mod_kind == _ALIBI and need_mod_grad:
+        return _alibi_backward(backward, dout, dlse, q, k, v, out, lse, mod_tensor, mask_tensors, scale,
+                               deterministic, backend)
+    need_dbias = mod_kind == _BIAS and need_mod_grad
+    dq, dk, dv, dbias = backward(dout, dlse, q, k, v, out, lse, mask_tensors, scale, mod_kind, cap, mod_tensor,
+                                 need_dbias, deterministic, backend)
+    return dq, dk, dv, dbias if need_dbias else None
+
+
+def _alibi_backward(backward, dout, dlse, q, k, v, out, lse, slopes, mask_tensors, scale, deterministic, backend):
+    """Learnable ALiBi slopes: the kernels have no slope reduction, so the backward runs as the
+    equal additive bias slopes[h] * (kv_idx - q_idx) (the same float32 products the kernels
+    add), whose gradient dS gives d slopes[h] = sum over b, q, kv of dS * (kv_idx - q_idx).
+    Correct on every backend; it materialises a float32 [1, Hq, Q_LEN, KV_LEN] bias and its
+    gradient (a native row reduction in the kernels would avoid both)."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    distance = (torch.arange(kv_len, device=q.device)[None, :]
+                - torch.arange(q_len, device=q.device)[:, None]).to(torch.float32)  # [Q_LEN, KV_LEN]
+    bias = (slopes.to(torch.float32)[:, None, None] * distance)[None]               # [1, Hq, Q_LEN, KV_LEN]
+    dq, dk, dv, dbias = backward(dout, dlse, q, k, v, out, lse, mask_tensors, scale, _BIAS, 0.0, bias, True,
+                                 deterministic, backend)
+    dslopes = (dbias[0] * distance).sum(dim=(-2, -1))
+    return dq, dk, dv, dslopes.to(slopes.dtype)
+
+
+# ---- eager: autograd.Function ------------------------------------------------------------------
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mod_tensor, scale, mod_kind, cap, deterministic, backend, *mask_tensors):
+        out, lse = _forward(q, k, v, list(mask_tensors), scale, mod_kind, cap, mod_tensor, backend)
+        ctx.save_for_backward(q, k, v, out, lse, mod_tensor, *mask_tensors)
+        ctx.scale, ctx.mod_kind, ctx.cap = scale, mod_kind, cap
+        ctx.deterministic, ctx.backend = deterministic, backend
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, mod_tensor, *mask_tensors = ctx.saved_tensors
+        dq, dk, dv, dmod = _gradients(_backward, dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale,
+                                      ctx.mod_kind, ctx.cap, mod_tensor, ctx.needs_input_grad[3],
+                                      ctx.deterministic, ctx.backend)
+        return (dq, dk, dv, dmod, None, None, None, None, None, *([None] * len(mask_tensors)))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], scale: float, mod_kind: int,
+              cap: float, mod_tensor: Optional[Tensor], deterministic: bool, backend: int) -> Tuple[Tensor, Tensor]:
+    """(out, lse) of checked arguments, differentiable in q, k, v and the score mod's tensor."""
+    if torch.compiler.is_compiling():
+        return attention_forward(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic, backend)
+    if not torch.is_grad_enabled():
+        return _forward(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, backend)
+    return _Attention.apply(q, k, v, mod_tensor, scale, mod_kind, cap, deterministic, backend, *mask_tensors)
+
+
+# ---- compiled: torch.library custom ops ----------------------------------------------------------
+
+@torch.library.custom_op("flashflex::fwd", mutates_args=())
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor],
+                      scale: float, mod_kind: int, cap: float, mod_tensor: Optional[Tensor],
+                      deterministic: bool, backend: int) -> Tuple[Tensor, Tensor]:
+    # The op is reachable without flex_attention (torch.ops.flashflex.fwd): sizes past the index
+    # limits must fail before the outputs are allocated; the native core checks everything else.
+    check_sizes("q", q, "Q_LEN")
+    check_sizes("k", k, "KV_LEN")
+    return _forward(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, backend)
+
+
+@attention_forward.register_fake
+def _(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic, backend):
+    return _empty_out(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("flashflex::bwd", mutates_args=())
+def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                       lse: Tensor, mask_tensors: List[Tensor], scale: float, mod_kind: int,
+                       cap: float, mod_tensor: Optional[Tensor], need_dbias: bool,
+                       deterministic: bool, backend: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _backward(dout, dlse, q, k, v, out, lse, mask_tensors, scale, mod_kind, cap, mod_tensor, need_dbias,
+                     deterministic, backend)
 
 
 @attention_backward.register_fake
@@ -93,35 +177,13 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, dlse):
+def _custom_op_backward(ctx, dout, dlse):
     q, k, v, out, lse, mod_tensor, *mask_tensors = ctx.saved_tensors
-    if dout is None:
-        dout = torch.zeros_like(out)
+    dq, dk, dv, dmod = _gradients(attention_backward, dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale,
+                                  ctx.mod_kind, ctx.cap, mod_tensor, ctx.needs_input_grad[7], ctx.deterministic,
+                                  ctx.backend)
     no_mask_grads = [None] * len(mask_tensors)  # autograd expects the inputs' structure, list included
-    if ctx.mod_kind == _ALIBI and ctx.needs_input_grad[7]:
-        dq, dk, dv, dslopes = _alibi_backward(ctx, dout, dlse, q, k, v, out, lse, mod_tensor, mask_tensors)
-        return dq, dk, dv, no_mask_grads, None, None, None, dslopes, None, None
-    need_dbias = ctx.mod_kind == _BIAS and ctx.needs_input_grad[7]
-    dq, dk, dv, dbias = attention_backward(dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale,
-                                           ctx.mod_kind, ctx.cap, mod_tensor, need_dbias, ctx.deterministic,
-                                           ctx.backend)
-    return dq, dk, dv, no_mask_grads, None, None, None, dbias if need_dbias else None, None, None
+    return dq, dk, dv, no_mask_grads, None, None, None, dmod, None, None
 
 
-def _alibi_backward(ctx, dout, dlse, q, k, v, out, lse, slopes, mask_tensors):
-    """Learnable ALiBi slopes: the kernels have no slope reduction, so the backward runs as the
-    equal additive bias slopes[h] * (kv_idx - q_idx) (the same float32 products the kernels
-    add), whose gradient dS gives d slopes[h] = sum over b, q, kv of dS * (kv_idx - q_idx).
-    Correct on every backend; it materialises a float32 [1, Hq, Q_LEN, KV_LEN] bias and its
-    gradient (a native row reduction in the kernels would avoid both)."""
-    q_len, kv_len = q.shape[2], k.shape[2]
-    distance = (torch.arange(kv_len, device=q.device)[None, :]
-                - torch.arange(q_len, device=q.device)[:, None]).to(torch.float32)  # [Q_LEN, KV_LEN]
-    bias = (slopes.to(torch.float32)[:, None, None] * distance)[None]               # [1, Hq, Q_LEN, KV_LEN]
-    dq, dk, dv, dbias = attention_backward(dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale, _BIAS, 0.0,
-                                           bias, True, ctx.deterministic, ctx.backend)
-    dslopes = (dbias[0] * distance).sum(dim=(-2, -1))
-    return dq, dk, dv, dslopes.to(slopes.dtype)
-
-
-attention_forward.register_autograd(_backward, setup_context=_setup_context)
+attention_forward.register_autograd(_custom_op_backward, setup_context=_setup_context)

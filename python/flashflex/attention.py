@@ -1,6 +1,6 @@
 """flashflex.flex_attention: torch.nn.attention.flex_attention's signature and semantics over the
 native core. Validates with torch's argument names, resolves the block mask and score mod, and
-calls the flashflex::fwd custom op (autograd and torch.compile live in _ops.py)."""
+calls _ops.attention (autograd and torch.compile live in _ops.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from . import _C
 from ._check_args import check_bool, check_dense, check_sizes
 from ._kernel_options import resolve_kernel_options
-from ._ops import attention_forward
+from ._ops import attention
 from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from ._score_mod_compile import resolve_score_mod
 from ._score_mod_resolve import CallableScoreMod
@@ -60,9 +60,9 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     if graph_mod is not None and graph_mod.graph is not None:
         out, lse = graph_mod.attend_cpu(query, key, value, mask, scale)
     else:
-        out, lse = attention_forward(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
-                                     mask_tensors, scale, mod.kind if mod else _NONE,
-                                     mod.cap if mod else 0.0, mod_tensor, deterministic, backend)
+        out, lse = attention(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value), mask_tensors,
+                             scale, mod.kind if mod else _NONE, mod.cap if mod else 0.0, mod_tensor, deterministic,
+                             backend)
     if return_aux is not None:
         return out, _aux_output(return_aux, return_lse, lse)
     return (out, lse) if return_lse else out
