@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._eagle3_mask_cache import causal_mask
@@ -94,6 +95,7 @@ class _Eagle3Attention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @once_differentiable  # the native backward is not differentiable: a second order raises
     def backward(ctx, dout, dlse):
         q, out, lse, seq_lengths, *blocks = ctx.saved_tensors
         n = ctx.num_blocks

@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import _C
 from ._check_args import check_sizes
@@ -116,6 +117,7 @@ class _Attention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @once_differentiable  # the native backward is not differentiable: a second order raises
     def backward(ctx, dout, dlse):
         q, k, v, out, lse, mod_tensor, *mask_tensors = ctx.saved_tensors
         dq, dk, dv, dmod = _gradients(_backward, dout, dlse, q, k, v, out, lse, mask_tensors, ctx.scale,

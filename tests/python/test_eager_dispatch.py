@@ -2,7 +2,9 @@
 torch.library custom ops (their eager dispatch cost about a millisecond of host time per forward
 and per backward call, measured on an H200 host): no flashflex op is dispatched in eager mode,
 and the outputs and every gradient (q, k, v, a learnable bias, learnable ALiBi slopes, the loss
-through lse) are bit-identical to the custom-op route, which torch.compile takes."""
+through lse) are bit-identical to the custom-op route, which torch.compile takes. The native
+backwards are not differentiable: a second-order gradient raises (flex_attention and
+ttt_attention), where a silent zero would be wrong."""
 
 from __future__ import annotations
 
@@ -82,3 +84,23 @@ def test_no_grad_and_frozen_inputs_skip_autograd():
         assert flashflex.flex_attention(q, k, v, block_mask=mask, enable_gqa=True).grad_fn is None
     frozen = [t.detach() for t in (q, k, v)]
     assert flashflex.flex_attention(*frozen, block_mask=mask, enable_gqa=True).grad_fn is None
+
+
+def test_second_order_gradients_raise():
+    # The native backward is not differentiable: create_graph=True must not hand out gradients
+    # whose own gradient would silently be zero (the custom ops raised here too).
+    q, k, v, mask, _, leaves = _inputs("none")
+    out = flashflex.flex_attention(q, k, v, block_mask=mask, enable_gqa=True)
+    dq, = torch.autograd.grad(out.square().sum(), (q,), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dq.sum().backward()
+
+
+def test_second_order_gradients_raise_for_ttt_attention():
+    gen = torch.Generator().manual_seed(3)
+    q, k0, v0 = (randn(gen, 1, 2, 40, 64).requires_grad_() for _ in range(3))
+    k1, v1 = (randn(gen, 1, 2, 40, 64).requires_grad_() for _ in range(2))
+    out = flashflex.eagle3.ttt_attention(q, [k0, k1], [v0, v1])
+    dq, = torch.autograd.grad(out.square().sum(), (q,), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dq.sum().backward()
