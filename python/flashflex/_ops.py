@@ -2,8 +2,8 @@
 _backward below), as _eagle3_ops.py:
 
   eager       attention: an autograd.Function (or, without grad, the forward alone), the cheapest
-              dispatch torch offers from Python (the custom ops' eager dispatch cost about a
-              millisecond of host time per forward and per backward call);
+              dispatch torch offers from Python (through the custom ops an eager call took
+              0.2-0.4 ms more host time, bench/NOTES.md);
   compiled    torch.library custom ops flashflex::fwd / flashflex::bwd with fake implementations
               and registered autograd, which torch.compile traces without running; attention takes
               them while compiling (and torch.ops.flashflex.* reach them directly).
