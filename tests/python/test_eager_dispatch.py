@@ -1,8 +1,8 @@
 """Eager flex_attention reaches the native core through an autograd.Function, not through the
 torch.library custom ops (through them an eager call took 0.2-0.4 ms more host time on an H200
 host, bench/NOTES.md): no flashflex op is dispatched in eager mode, and the outputs and every
-gradient (q, k, v, a learnable bias, learnable ALiBi slopes, the loss through lse) are bit-
-identical to the custom-op route, which torch.compile takes. The native backwards are not
+gradient (q, k, v, a learnable bias, learnable ALiBi slopes, the loss through lse) are
+bit-identical to the custom-op route, which torch.compile takes. The native backwards are not
 differentiable: a second-order gradient raises (flex_attention and ttt_attention), where a silent
 zero would be wrong."""
 
