@@ -157,8 +157,9 @@ def _resolve_block_mask(block_mask, query, key) -> Optional[BlockMask]:
 
 
 def _check_learnable_slopes(mod, query) -> None:
-    # The slopes' gradient on CUDA (_ops._alibi_backward) measured wrong on an H200 (about half the
-    # float64 value, tests/python/test_cuda_trainer_paths.py): refused rather than given wrong.
+    # The slopes' gradient on CUDA (_ops._alibi_backward) is refused until its GPU test has run: the
+    # first check, which saw it "about half" the float64 value, compared against a sum that cancels
+    # (bench/NOTES.md); tests/python/test_cuda_trainer_paths.py holds the check that can tell.
     if (mod is not None and mod.kind == _ALIBI and query.is_cuda and torch.is_grad_enabled()
             and mod.tensor.requires_grad):
         raise NotImplementedError("score_mod: the gradient of learnable ALiBi slopes is not available on CUDA yet; "
