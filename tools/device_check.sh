@@ -6,9 +6,12 @@
 # FLASH and Triton, cuDNN, FA2, flashflex's sm_80 kernels), bench/run_backward.py (step bench_bwd:
 # the same peers, deterministic rows) and bench/eagle3_unroll.py (step eagle3). Logs go to $OUT
 # (default build/device-check); summary.txt holds one line per step and the tables; the
-# benchmark tables and PNGs are $OUT/<gpu>_{forward,backward,eagle3_unroll}.{md,png}.
+# benchmark tables and PNGs are $OUT/<gpu>_{forward,backward,eagle3_unroll}.{md,png}. Step profile
+# (not in the default set): Nsight Compute on one call of flashflex and of FA4
+# (bench/profile_case.py), summaries $OUT/profile_<impl>.txt (tools/ncu_summary.py).
 #
-#   tools/device_check.sh                 # everything (well over ten minutes)
+#   tools/device_check.sh                 # everything but `profile` (well over ten minutes)
+#   STEPS="build profile" tools/device_check.sh   # ncu of flashflex and FA4 on one call each
 #   STEPS="build tests" tools/device_check.sh
 #   BENCH_CASES=causal_16k,document_8x2048 STEPS=bench tools/device_check.sh
 #
@@ -101,6 +104,23 @@ bench_step() {  # step name, script, results name
   cat "$table" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/$1.log" >>"$SUMMARY"
   [[ -f "${table%.md}.png" ]] || note "$1: plot not written (matplotlib missing? see $1.log)"
 }
+if wants profile; then
+  # Nsight Compute on one call of each implementation (PROFILE_CASE, PROFILE_DIRECTION: default
+  # causal_16k backward), every kernel of the call, source counters; the summaries
+  # (tools/ncu_summary.py) compare the kernels phase by phase, instruction mix included.
+  for impl in flashflex fa4; do
+    [[ $impl == fa4 && -n "$fa4" ]] && { note "profile fa4: skipped (flash_attn.cute not importable)"; continue; }
+    rep=$OUT/profile_$impl
+    run_step "profile-$impl" 400 "$OUT/profile.log" ncu --nvtx --nvtx-include "profile/" --clock-control none \
+      --set full --import-source no -f -o "$rep" python3 bench/profile_case.py --impl "$impl" \
+      --case "${PROFILE_CASE:-causal_16k}" --direction "${PROFILE_DIRECTION:-backward}"
+    ncu -i "$rep.ncu-rep" --page source --csv --print-source sass >"$rep.csv" 2>>"$OUT/profile.log" &&
+      python3 tools/ncu_summary.py "$rep.csv" >"$rep.txt" 2>>"$OUT/profile.log"
+    ncu -i "$rep.ncu-rep" --page details --csv >"${rep}_details.csv" 2>>"$OUT/profile.log"
+    head -c 4000 "$rep.txt" >>"$SUMMARY"
+  done
+fi
+
 wants bench && bench_step bench run.py forward
 wants bench_bwd && bench_step bench_bwd run_backward.py backward
 if wants eagle3; then
