@@ -82,3 +82,18 @@ def test_dry_run_case_makes_a_table(backward, tmp_path):
     read = plot.read_table(str(out))
     assert read[case.name]["flashflex"] == pytest.approx(by_impl["flashflex"].tflops, rel=0.05, abs=1e-3)
     assert read[case.name]["fa4"] is None
+
+
+def test_schedule_model():
+    import schedule_model as sm
+    # Equal tiles, a whole number of waves: every CTA gets the same work.
+    even = sm.balance(torch.ones(8, 4, dtype=torch.float64), sms=4)
+    assert (even.tiles, even.static, even.dynamic, even.bound) == (32, 1.0, 1.0, 1.0)
+    # Costs that rise and fall along the order (documents): the static order loses to dynamic.
+    saw = torch.tensor([(m % 4) + 1.0 for m in range(16)], dtype=torch.float64)[:, None].expand(16, 3)
+    b = sm.balance(saw.contiguous(), sms=5)
+    assert b.static > b.dynamic >= b.bound >= 1.0
+    # A case's tile costs: [q tiles, batch * heads], kv steps plus the fixed tile cost.
+    costs = sm.tile_costs(cs.parse("causal_512_h4x2_d64"), partial_cost=1.0, tile_cost=0.0)
+    assert costs.shape == (4, 4)
+    assert costs[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
