@@ -48,7 +48,6 @@ def tile_costs(case: cs.Case, partial_cost: float, tile_cost: float) -> torch.Te
 
 def balance(costs: torch.Tensor, sms: int) -> Balance:
     """costs: [num_q_tiles, batch * heads] in the kernel's head-fastest layout."""
-    num_q_tiles = costs.shape[0]
     order = costs.flip(0).reshape(-1).tolist()  # q tiles from the last one, heads fastest
     n = len(order)
     grid = min(sms, n)
@@ -66,7 +65,6 @@ def balance(costs: torch.Tensor, sms: int) -> Balance:
         load, c = heapq.heappop(heap)
         heapq.heappush(heap, (load + cost, c))
     dynamic = max(load for load, _ in heap)
-    assert num_q_tiles * costs.shape[1] == n
     return Balance(n, max(totals) / average, dynamic / average, max(average, max(order)) / average)
 
 
