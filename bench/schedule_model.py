@@ -36,9 +36,8 @@ def tile_costs(case: cs.Case, partial_cost: float, tile_cost: float) -> torch.Te
     t = case.seq_len
     mask = case.mask.flashflex(t)
     num_q_tiles = (t + 127) // 128
-    if mask is None:
-        kv_tiles = (t + 127) // 128
-        return torch.full((num_q_tiles, case.batch * case.q_heads), kv_tiles + tile_cost, dtype=torch.float64)
+    if mask is None:  # every kv tile of the square problem
+        return torch.full((num_q_tiles, case.batch * case.q_heads), num_q_tiles + tile_cost, dtype=torch.float64)
     bm = flashflex.create_block_mask(mask, None, None, t, t)
     partial, full = bm.kv_num_blocks.double(), bm.full_kv_num_blocks.double()  # [B or 1, H or 1, q tiles]
     per = partial * partial_cost + full + tile_cost

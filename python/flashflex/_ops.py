@@ -109,12 +109,10 @@ def _alibi_backward(backward, dout, dlse, q, k, v, out, lse, slopes, mask_tensor
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mod_tensor, scale, mod_kind, cap, deterministic, backend, *mask_tensors):
-        out, lse = _forward(q, k, v, list(mask_tensors), scale, mod_kind, cap, mod_tensor, backend)
-        ctx.save_for_backward(q, k, v, out, lse, mod_tensor, *mask_tensors)
-        ctx.scale, ctx.mod_kind, ctx.cap = scale, mod_kind, cap
-        ctx.deterministic, ctx.backend = deterministic, backend
-        ctx.set_materialize_grads(False)
-        return out, lse
+        inputs = (q, k, v, list(mask_tensors), scale, mod_kind, cap, mod_tensor, deterministic, backend)
+        output = _forward(q, k, v, list(mask_tensors), scale, mod_kind, cap, mod_tensor, backend)
+        _setup_context(ctx, inputs, output)  # the custom op's: the same saved tensors and fields
+        return output
 
     @staticmethod
     @once_differentiable  # the native backward is not differentiable: a second order raises
