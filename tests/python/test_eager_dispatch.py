@@ -4,7 +4,8 @@ host, bench/NOTES.md): no flashflex op is dispatched in eager mode, and the outp
 gradient (q, k, v, a learnable bias, learnable ALiBi slopes, the loss through lse) are
 bit-identical to the custom-op route, which torch.compile takes. The native backwards are not
 differentiable: a second-order gradient raises (flex_attention and ttt_attention), where a silent
-zero would be wrong."""
+zero would be wrong. Gradient checkpointing (both forms) with a new mask each step recomputes
+through the same Function and gives the plain run's gradients."""
 
 from __future__ import annotations
 
@@ -104,3 +105,24 @@ def test_second_order_gradients_raise_for_ttt_attention():
     dq, = torch.autograd.grad(out.square().sum(), (q,), create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         dq.sum().backward()
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_with_a_new_mask_each_step(use_reentrant):
+    # Trainers recompute attention in the backward (torch.utils.checkpoint) and build a new mask
+    # every step: the recomputed forward goes through the same Function, the gradients are the
+    # ones of the plain run, bit for bit.
+    from torch.utils.checkpoint import checkpoint
+    for step in range(3):
+        q, k, v, _, _, leaves = _inputs("none", seed=step)
+        mask = flashflex.create_block_mask(causal_mod(KV_LEN - Q_LEN - 11 * step), BATCH, None, Q_LEN, KV_LEN)
+
+        def layer(q, k, v):
+            return flashflex.flex_attention(q, k, v, block_mask=mask, enable_gqa=True).square().sum()
+        layer(q, k, v).backward()  # .backward(): reentrant checkpointing refuses autograd.grad
+        plain = [t.grad.clone() for t in leaves]
+        for t in leaves:
+            t.grad = None
+        checkpoint(layer, q, k, v, use_reentrant=use_reentrant).backward()
+        for name, got, ref in zip(("dq", "dk", "dv"), (t.grad for t in leaves), plain):
+            assert torch.equal(got, ref), (name, step)
