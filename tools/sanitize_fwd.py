@@ -1,6 +1,6 @@
 """Small CUDA forward cases for compute-sanitizer (memcheck, racecheck), run by
 tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
-and empty tiles, every score mod, lse. Asserts only that outputs are finite where rows see keys;
+and empty tiles, every score mod, lse, a grid with more tiles than SMs. Asserts only that outputs are finite where rows see keys;
 correctness is tests/python/test_cuda_forward.py's job.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 tools/sanitize_fwd.py
@@ -37,6 +37,18 @@ def main() -> None:
                     seen = torch.isfinite(lse)
                     assert torch.isfinite(out[seen]).all(), (dtype, head_dim, i, mod)
                     cases += 1
+    # More tiles than SMs (144 > 132 on an H200): the hdim-128 kernel's CTAs take tiles from the
+    # launch's counter (sm90/tile_scheduler_fwd.cuh); twice, so the second launch of a slot's
+    # cycle starts from the counter the first reset.
+    q = torch.randn(1, 16, 1100, 128, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(1, 4, 1100, 128, device="cuda", dtype=torch.bfloat16)
+    ids = (torch.arange(1100, device="cuda") // 300).to(torch.int32)
+    doc = flashflex.create_block_mask(masks.document(ids), None, None, 1100, 1100, device="cuda")
+    for _ in range(2):
+        out = flashflex.flex_attention(q, kv, kv, block_mask=doc, enable_gqa=True)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all()
+        cases += 1
     # [B, T, H, D] layout.
     q = torch.randn(1, 130, 4, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     kv = torch.randn(1, 77, 4, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)

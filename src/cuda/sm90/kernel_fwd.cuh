@@ -1,6 +1,9 @@
 // The sm_90a forward kernel (FlashAttention-3 scheme: TMA, wgmma, warp specialization) and its
-// launcher. Persistent: grid = min(#SMs, tiles), tile_scheduler_fwd.cuh gives each CTA its q tiles.
-// Warpgroup 0 is the producer (setmaxnreg down; one thread runs ProducerFwd, mainloop_fwd.cuh);
+// launcher. Persistent: grid = min(#SMs, tiles); one thread of the producer warpgroup takes each
+// CTA's next q tile from tile_scheduler_fwd.cuh's counter and hands it to the load thread and
+// the consumers.
+// Warpgroup 0 is the producer (setmaxnreg down; one thread runs ProducerFwd, mainloop_fwd.cuh,
+// one the tile feed);
 // warpgroups 1 and 2 are consumers (setmaxnreg up), each owning 64 rows of the 128-row tile.
 // Per tile and consumer warpgroup, with the S of step j overlapping the softmax of step j - 1:
 //   wait Q; S_0 = Q K_0^T; scores + softmax of step 0; P_0 -> 16 bits
@@ -93,15 +96,18 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
 
   const GemmTurns<kPingPong> turns{cwg};
   turns.init();
-  const FwdTileScheduler sched(p);
   Pipe k_st, v_st;
   uint32_t q_phase = 0;
+  const FwdTileScheduler<Traits::kDynamicTiles> sched(p);
+  const FwdTileChannel channel = s.tile_channel();
+  int n = 0;  // tiles received
   cuda::KvListHead head;  // of tile t, loaded during the epilogue of the tile before
-  if (sched.valid(sched.first())) {
-    const FwdTile tile = sched.tile(sched.first());
+  int t = consumer_tile_index(sched, channel, n++);
+  if (sched.valid(t)) {
+    const FwdTile tile = sched.tile(t);
     head = cuda::load_kv_list_head(p, tile.b, tile.h, tile.m);
   }
-  for (int t = sched.first(); sched.valid(t); t = sched.next(t)) {
+  while (sched.valid(t)) {
     const FwdTile tile = sched.tile(t);
     const int q_row0 = tile.m * Traits::kBlockM;
     const Mod mod(p.mod, tile.b, tile.h);
@@ -177,15 +183,16 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
       ptx::mbar_arrive(s.v_empty(v_st.stage));
       v_st.advance();
     }
-    if (sched.valid(sched.next(t))) {
-      const FwdTile next = sched.tile(sched.next(t));
+    t = consumer_tile_index(sched, channel, n++);  // published while this tile ran (dynamic)
+    if (sched.valid(t)) {
+      const FwdTile next = sched.tile(t);
       head = cuda::load_kv_list_head(p, next.b, next.h, next.m);
     }
 
     using Element = typename Traits::Element;
     if constexpr (kRowLocal) {
       cuda::RowLocalFold<Element, 1, Traits::kNTilesO>::fold(softmax, cuda::as_fragment(acc_o), p, tile.b, tile.h,
-                                                             tile.h / p.kv_group, q_row0, warp_row0, valid_rows, sl2,
+                                                             tile.hkv, q_row0, warp_row0, valid_rows, sl2,
                                                              raw_units ? 1.f : p.scale, lane);
     }
     float inv[1][2], lse[1][2];
@@ -201,7 +208,8 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
 template <class Traits, ScoreModKind kMod, bool kRowLocal>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fwd_kernel(const __grid_constant__ cuda::FwdParams p, const __grid_constant__ CUtensorMap map_q,
-               const __grid_constant__ CUtensorMap map_k, const __grid_constant__ CUtensorMap map_v) {
+               const __grid_constant__ CUtensorMap map_k, const __grid_constant__ CUtensorMap map_v,
+               int tile_slot) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const auto s = aligned_smem<SmemFwd<Traits>>(smem_raw);
@@ -211,6 +219,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (wg == 0) {
     ptx::setmaxnreg_dec<Traits::kProducerRegs>();
     if (threadIdx.x == 0) ProducerFwd<Traits, kRowLocal>::run(p, &map_q, &map_k, &map_v, s);
+    if constexpr (Traits::kDynamicTiles) {
+      if (threadIdx.x == 32) run_fwd_tile_feed(s.tile_channel(), FwdTileScheduler<true>(p), tile_slot);
+    }
   } else {
     ptx::setmaxnreg_inc<Traits::kConsumerRegs>();
     consumer_fwd<Traits, kMod, Traits::kPingPong, kRowLocal>(p, s, wg - 1);

@@ -17,7 +17,7 @@
 
 namespace flashflex::sm90 {
 
-template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_>
+template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_, bool kDynamicTiles_>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -26,6 +26,8 @@ struct FwdTraits {
   static constexpr int kStages = kStages_;
   // The consumer warpgroups take turns issuing their GEMMs (kernel_fwd.cuh, GemmTurns).
   static constexpr bool kPingPong = kPingPong_;
+  // Tiles from a global counter, else the static order (tile_scheduler_fwd.cuh).
+  static constexpr bool kDynamicTiles = kDynamicTiles_;
   static constexpr int kConsumerWGs = 2;
   static constexpr int kConsumerThreads = kConsumerWGs * 128;
   static constexpr int kNumThreads = 128 + kConsumerThreads;
@@ -44,14 +46,16 @@ struct FwdTraits {
   static constexpr uint32_t kKVBytes = kKVBlockBytes * kColBlocks;
   static constexpr uint32_t kBitsBytes = kBitmapWords * 4;  // a partial tile's whole bitmap
 
-  // Byte offsets from the 1 KiB-aligned base: Q, K[kStages], V[kStages], bitmaps[kStages], barriers.
+  // Byte offsets from the 1 KiB-aligned base: Q, K[kStages], V[kStages], bitmaps[kStages], barriers,
+  // the tile channel's two slots (tile_scheduler_fwd.cuh).
   static constexpr uint32_t kQOff = 0;
   static constexpr uint32_t kKOff = kQOff + kQBytes;
   static constexpr uint32_t kVOff = kKOff + kStages * kKVBytes;
   static constexpr uint32_t kBitsOff = kVOff + kStages * kKVBytes;
   static constexpr uint32_t kBarOff = kBitsOff + kStages * kBitsBytes;
-  static constexpr int kNumBars = 2 + 4 * kStages;  // q full/empty; k, v full/empty per stage
-  static constexpr int kSmemBytes = kBarOff + kNumBars * 8 + 1024;  // + alignment slack
+  static constexpr int kNumBars = 6 + 4 * kStages;  // q full/empty; k, v full/empty per stage; tile full/empty x 2
+  static constexpr uint32_t kTileSlotsOff = (kBarOff + kNumBars * 8 + 15) / 16 * 16;
+  static constexpr int kSmemBytes = kTileSlotsOff + 2 * 32 + 1024;  // + alignment slack
 
   static_assert(kHeadDim % 64 == 0 && kHeadDim <= 256, "head dim: whole 64-column blocks, wgmma N <= 256");
   static_assert(kTileSize % kBlockN == 0 && kBlockN % 64 == 0, "kBlockN: 64 or 128");
@@ -69,19 +73,21 @@ struct FwdTraits {
 //   hdim 256: 128 x 64,  2 stages, ping-pong: 196 KiB: O alone is 128 fp32 registers per thread,
 //             and a 128-column K/V stage pair (128 KiB) would not fit beside the 64 KiB Q tile.
 //             Ping-pong 6.98 ms, without 7.49.
+// Dynamic tile order at hdim 128 only: with it the load thread of hdim 64 (3-stage ring) and
+// both sides of hdim 256 spill registers (ptxas -v), so those keep the static order.
 template <typename Element, int kHeadDim>
 struct FwdConfig;
 template <typename Element>
 struct FwdConfig<Element, 64> {
-  using Traits = FwdTraits<Element, 64, 128, 3, false>;
+  using Traits = FwdTraits<Element, 64, 128, 3, false, false>;
 };
 template <typename Element>
 struct FwdConfig<Element, 128> {
-  using Traits = FwdTraits<Element, 128, 128, 2, true>;
+  using Traits = FwdTraits<Element, 128, 128, 2, true, true>;
 };
 template <typename Element>
 struct FwdConfig<Element, 256> {
-  using Traits = FwdTraits<Element, 256, 64, 2, true>;
+  using Traits = FwdTraits<Element, 256, 64, 2, true, false>;
 };
 
 }  // namespace flashflex::sm90

@@ -1,12 +1,13 @@
 // Definition of the sm_90a forward launchers (declared in launch_fwd.hpp): checks what TMA needs,
 // raises the kernel's shared-memory limit once per device (device_info.hpp), encodes the tensor
 // maps of Q, K and V (tma_map.hpp) and launches kernel_fwd.cuh's kernel on a persistent grid of
-// min(#SMs, tiles) CTAs. Included only by the instantiation files sm90/fwd_*.cu.
+// min(#SMs, tiles) CTAs with the next of its tile counters. Included only by the instantiation files sm90/fwd_*.cu.
 #pragma once
 
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "api/message.hpp"
@@ -18,6 +19,10 @@
 #include "cuda/tma_map.hpp"
 
 namespace flashflex::sm90 {
+
+// The next of this translation unit's tile counters (tile_scheduler_fwd.cuh), shared by every
+// instantiation here, as the counters are.
+static std::atomic<unsigned> g_next_fwd_tile_slot{0};
 
 template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
 void launch_fwd(const cuda::FwdParams& p, void* stream) {
@@ -38,8 +43,9 @@ void launch_fwd(const cuda::FwdParams& p, void* stream) {
 
   const int64_t tiles = static_cast<int64_t>(p.num_q_tiles) * p.batch * p.q_heads;
   if (tiles == 0) return;
-  if (tiles > (int64_t{1} << 31) - 1) {
-    throw Error(ErrorKind::kUnsupported, "q: the sm90 forward needs batch * heads * q tiles < 2^31");
+  const int sms = cuda::device_info(device).sm_count;
+  if (tiles > (int64_t{1} << 31) - 1 - sms) {  // tile indices run to tiles + grid
+    throw Error(ErrorKind::kUnsupported, "q: the sm90 forward needs batch * heads * q tiles < 2^31 - #SMs");
   }
   constexpr bool kBf16 = kDType == DType::kBFloat16;
   const int kv_heads = p.q_heads / p.kv_group;
@@ -47,9 +53,9 @@ void launch_fwd(const cuda::FwdParams& p, void* stream) {
   cuda::encode_bhtd_map(&map_q, "q", p.q, kBf16, kHeadDim, p.q_len, p.q_heads, p.batch, Traits::kBlockM);
   cuda::encode_bhtd_map(&map_k, "k", p.k, kBf16, kHeadDim, p.kv_len, kv_heads, p.batch, Traits::kBlockN);
   cuda::encode_bhtd_map(&map_v, "v", p.v, kBf16, kHeadDim, p.kv_len, kv_heads, p.batch, Traits::kBlockN);
-  const int sms = cuda::device_info(device).sm_count;
   const int grid = static_cast<int>(tiles < sms ? tiles : sms);
-  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(p, map_q, map_k, map_v);
+  const int slot = static_cast<int>(g_next_fwd_tile_slot.fetch_add(1, std::memory_order_relaxed) % kFwdTileSlots);
+  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(p, map_q, map_k, map_v, slot);
   FLASHFLEX_CUDA_CHECK(cudaGetLastError());
 }
 

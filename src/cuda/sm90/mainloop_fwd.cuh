@@ -1,5 +1,6 @@
 // The data movement and the two products of the sm_90 forward:
-//   ProducerFwd::run   one thread: for every tile of this CTA, Q once, then per kv step K (with a
+//   ProducerFwd::run   one thread: for every tile of this CTA (tile_scheduler_fwd.cuh), Q once,
+//                      then per kv step K (with a
 //                      partial step's bitmap) and V, V one step behind K (the consumers need
 //                      K_j before V_{j-1}); each load waits for its stage's empty barrier
 //   gemm_qk            S = Q K^T, SS wgmma over the head dim (K-major A and B)
@@ -34,6 +35,34 @@ struct ProducerFwd {
   using Smem = SmemFwd<Traits>;
   using Pipe = PipeState<Traits::kStages>;
 
+  // The ring position of the g-th load of K (or of V).
+  __device__ static Pipe ring_at(int g) {
+    Pipe st;
+    st.stage = g % Traits::kStages;
+    st.phase = static_cast<uint32_t>(g / Traits::kStages) & 1;
+    return st;
+  }
+
+  // Where the next K and V loads go. SplitRings: a PipeState each. CoupledRing, for the load
+  // thread of the dynamic order, which has no register to spare (24 in all): V of a step is loaded
+  // after K of the next, so both rings are level at every tile boundary and the count of K loads
+  // (g) places both: K at g, V at g - 1 - k_ahead, where k_ahead counts the K loads of later
+  // steps already made (1 inside a tile's loop, 0 for its last V).
+  struct SplitRings {
+    Pipe k, v;
+    __device__ Pipe k_at() const { return k; }
+    __device__ Pipe v_at(int) const { return v; }
+    __device__ void k_loaded() { k.advance(); }
+    __device__ void v_loaded() { v.advance(); }
+  };
+  struct CoupledRing {
+    int g = 0;
+    __device__ Pipe k_at() const { return ring_at(g); }
+    __device__ Pipe v_at(int k_ahead) const { return ring_at(g - 1 - k_ahead); }
+    __device__ void k_loaded() { ++g; }
+    __device__ void v_loaded() {}
+  };
+
   __device__ static void load_box(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2,
                                   int c3, bool keep) {
     ptx::tma_load_4d_hint(dst, map, bar, c0, c1, c2, c3,
@@ -62,43 +91,61 @@ struct ProducerFwd {
     }
   }
 
+  // Q, then per kv step K (with a partial step's bitmap) and V of one tile; false for an empty
+  // tile (nothing loaded: the consumers write zeros).
+  template <class Rings>
+  __device__ static bool load_tile(const cuda::FwdParams& p, const CUtensorMap* map_q, const CUtensorMap* map_k,
+                                   const CUtensorMap* map_v, const Smem& s, const FwdTile& tile, uint32_t q_phase,
+                                   Rings& rings) {
+    cuda::KvStepCursor<Traits::kBlockN, false> cur(p, cuda::load_kv_list_head(p, tile.b, tile.h, tile.m));
+    const int valid_rows = kRowLocal ? p.row_local.limit.valid_rows(tile.b, p.q_len) : p.q_len;
+    if (!cur.valid() || tile.m * Traits::kBlockM >= valid_rows) return false;
+    const int hkv = tile.hkv;
+    ptx::mbar_wait(s.q_empty(), q_phase ^ 1);
+    ptx::mbar_arrive_expect_tx(s.q_full(), Traits::kQBytes);
+#pragma unroll
+    for (int c = 0; c < Traits::kColBlocks; ++c) {
+      load_box(s.q() + c * Traits::kQBlockBytes, map_q, s.q_full(), c * 64, tile.m * Traits::kBlockM, tile.h, tile.b,
+               false);
+    }
+    int v_kv = -1;  // the step whose V is still to load
+    for (; cur.valid(); cur.advance()) {
+      const uint32_t* bitmap =
+          cur.partial() ? p.mask.bitmaps + static_cast<int64_t>(cur.bitmap_id()) * kBitmapWords : nullptr;
+      load_k(s, map_k, rings.k_at(), cur.kv_start(), hkv, tile.b, bitmap);
+      rings.k_loaded();
+      if (v_kv >= 0) {
+        load_v(s, map_v, rings.v_at(1), v_kv, hkv, tile.b);
+        rings.v_loaded();
+      }
+      v_kv = cur.kv_start();
+    }
+    load_v(s, map_v, rings.v_at(0), v_kv, hkv, tile.b);
+    rings.v_loaded();
+    return true;
+  }
+
   __device__ static void run(const cuda::FwdParams& p, const CUtensorMap* map_q, const CUtensorMap* map_k,
                              const CUtensorMap* map_v, const Smem& s) {
     ptx::tma_prefetch_map(map_q);
     ptx::tma_prefetch_map(map_k);
     ptx::tma_prefetch_map(map_v);
-    const FwdTileScheduler sched(p);
-    Pipe k_st, v_st;
-    uint32_t q_phase = 0;
-    for (int t = sched.first(); sched.valid(t); t = sched.next(t)) {
-      const FwdTile tile = sched.tile(t);
-      cuda::KvStepCursor<Traits::kBlockN, false> cur(p, cuda::load_kv_list_head(p, tile.b, tile.h, tile.m));
-      const int valid_rows = kRowLocal ? p.row_local.limit.valid_rows(tile.b, p.q_len) : p.q_len;
-      // An empty q tile: the consumers write zeros without any load.
-      if (!cur.valid() || tile.m * Traits::kBlockM >= valid_rows) continue;
-      const int hkv = tile.h / p.kv_group;
-      ptx::mbar_wait(s.q_empty(), q_phase ^ 1);
-      ptx::mbar_arrive_expect_tx(s.q_full(), Traits::kQBytes);
-#pragma unroll
-      for (int c = 0; c < Traits::kColBlocks; ++c) {
-        load_box(s.q() + c * Traits::kQBlockBytes, map_q, s.q_full(), c * 64, tile.m * Traits::kBlockM, tile.h,
-                 tile.b, false);
+    const FwdTileScheduler<Traits::kDynamicTiles> sched(p);
+    if constexpr (Traits::kDynamicTiles) {
+      // For want of registers the tiles received and the parity of Q's loads share one: bit 0 is
+      // the parity, the rest the count.
+      CoupledRing rings;
+      for (uint32_t n_q = 0;; n_q += 2) {
+        const FwdTile tile = receive_fwd_tile(s.tile_channel(), static_cast<int>(n_q >> 1));
+        if (tile.m < 0) break;
+        if (load_tile(p, map_q, map_k, map_v, s, tile, n_q & 1, rings)) n_q ^= 1;
       }
-      q_phase ^= 1;
-      int v_kv = -1;  // the step whose V is still to load
-      for (; cur.valid(); cur.advance()) {
-        const uint32_t* bitmap =
-            cur.partial() ? p.mask.bitmaps + static_cast<int64_t>(cur.bitmap_id()) * kBitmapWords : nullptr;
-        load_k(s, map_k, k_st, cur.kv_start(), hkv, tile.b, bitmap);
-        k_st.advance();
-        if (v_kv >= 0) {
-          load_v(s, map_v, v_st, v_kv, hkv, tile.b);
-          v_st.advance();
-        }
-        v_kv = cur.kv_start();
+    } else {
+      SplitRings rings;
+      uint32_t q_phase = 0;
+      for (int t = sched.static_index(0); sched.valid(t); t += static_cast<int>(gridDim.x)) {
+        if (load_tile(p, map_q, map_k, map_v, s, sched.tile(t), q_phase, rings)) q_phase ^= 1;
       }
-      load_v(s, map_v, v_st, v_kv, hkv, tile.b);
-      v_st.advance();
     }
   }
 };

@@ -5,6 +5,8 @@
 //   k_full[s]     1 + K's (and a partial step's bitmap) bytes     consumers wait before Q K^T
 //   k_empty[s]    every consumer thread, after Q K^T and the mask producer waits before refilling
 //   v_full[s], v_empty[s]  the same for V, released after P V.
+//   tile_full[i]  1 (the feed thread, after storing tile index i) loader and consumers wait
+//   tile_empty[i] the loader and every consumer thread, once read the feed waits before reuse
 // The rings are walked with PipeState (pipe_state.cuh).
 #pragma once
 
@@ -12,6 +14,7 @@
 
 #include "cuda/ptx/mbarrier.cuh"
 #include "cuda/sm90/pipe_state.cuh"
+#include "cuda/sm90/tile_scheduler_fwd.cuh"
 
 namespace flashflex::sm90 {
 
@@ -34,6 +37,11 @@ struct SmemFwd {
   __device__ uint32_t k_empty(int s) const { return bar(2 + Traits::kStages + s); }
   __device__ uint32_t v_full(int s) const { return bar(2 + 2 * Traits::kStages + s); }
   __device__ uint32_t v_empty(int s) const { return bar(2 + 3 * Traits::kStages + s); }
+  __device__ uint32_t tile_full(int i) const { return bar(2 + 4 * Traits::kStages + i); }
+  __device__ uint32_t tile_empty(int i) const { return bar(4 + 4 * Traits::kStages + i); }
+  __device__ FwdTileChannel tile_channel() const {
+    return {base + Traits::kTileSlotsOff, tile_full(0), tile_empty(0)};
+  }
 
   // One thread, before the CTA barrier that precedes every use.
   __device__ void init_barriers() const {
@@ -44,6 +52,10 @@ struct SmemFwd {
       ptx::mbar_init(k_empty(s), Traits::kConsumerThreads);
       ptx::mbar_init(v_full(s), 1);
       ptx::mbar_init(v_empty(s), Traits::kConsumerThreads);
+    }
+    for (int i = 0; i < 2; ++i) {
+      ptx::mbar_init(tile_full(i), 1);
+      ptx::mbar_init(tile_empty(i), Traits::kConsumerThreads + 1);  // used by the dynamic order only
     }
     ptx::fence_mbar_init();
   }

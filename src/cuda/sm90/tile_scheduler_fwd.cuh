@@ -1,46 +1,169 @@
-// Persistent tile order of the sm_90 forward: grid = min(#SMs, tiles); CTA c takes positions c,
-// c + gridDim.x, ... (wave w = position / gridDim.x) of one fixed order: q tiles from the last one
-// (a causal or other lower-triangular mask gives the last tiles the most kv steps: longest
-// first), and within a q tile every (batch, head) with the head fastest, so the q heads of one kv
-// group run side by side and share their K/V through L2. Odd waves run reversed (CTA c takes the
-// wave's (width - 1 - c)-th tile): with costs falling along the order, the CTA that drew the
-// dearest tile of one wave draws the cheapest of the next, so per-CTA totals stay within about
-// one tile of each other instead of drifting apart by a wave's cost spread every wave.
+// Persistent tile order of the sm_90 forward: grid = min(#SMs, tiles), over one fixed order. The
+// order runs the q tiles from the last one (a causal or other lower-triangular mask gives the last
+// tiles the most kv steps: longest first), and within a q tile every (batch, head) with the head
+// fastest, so the q heads of one kv group run side by side and share their K/V through L2.
+// Two ways to hand the order out (FwdTraits::kDynamicTiles):
+//   dynamic  CTA c starts with tile c and then takes the next untaken one from a global counter
+//            as it starts a tile (as FlashAttention-3's scheduler for causal masks). A static
+//            assignment left the busiest CTA 21% above the average on a document mask, whose
+//            costs do not fall along the order; the counter leaves 0.4% (bench/schedule_model.py,
+//            bench/NOTES.md).
+//   static   CTA c takes positions c, c + G, ...; odd waves run reversed (CTA c takes the wave's
+//            (width - 1 - c)-th tile): with costs falling along the order, the CTA that drew the
+//            dearest tile of one wave draws the cheapest of the next. Kept where the dynamic
+//            one's registers do not fit (kernel_traits_fwd.cuh).
+//
+// The counter needs no workspace and no memset: each launcher call takes one of kFwdTileSlots
+// counters of its translation unit in turn, and the launch's last CTA to run out of tiles resets
+// it. Two forward launches of one translation unit that run at once (different streams) share a
+// counter only when kFwdTileSlots launches lie between them. Replays of one CUDA graph run one
+// after the other, so a captured slot is safe.
+//
+// Inside a CTA one thread of the producer warpgroup fetches each tile index, decodes it and
+// publishes it through a two-slot channel in shared memory (pipeline_fwd.cuh: tile_full /
+// tile_empty) to the load thread and the consumers.
 #pragma once
 
+#include <cstdint>
+
 #include "cuda/params.hpp"
+#include "cuda/ptx/mbarrier.cuh"
 
 namespace flashflex::sm90 {
 
-struct FwdTile {
-  int m;  // q tile (rows m * 128 ..)
-  int h;  // q head
-  int b;  // batch
+struct FwdTileCounter {
+  unsigned next;  // tiles handed out beyond each CTA's first
+  unsigned done;  // CTAs that ran out of tiles
 };
 
+constexpr int kFwdTileSlots = 64;
+// Internal linkage: one set per translation unit (the sm90/fwd_*.cu files), zero at module load.
+static __device__ FwdTileCounter g_fwd_tile_counters[kFwdTileSlots];
+
+struct FwdTile {
+  int m;    // q tile (rows m * 128 ..)
+  int h;    // q head
+  int b;    // batch
+  int hkv;  // kv head
+};
+
+// Tile index -> tile, and the static assignment. The n-th tile of a CTA: static_index(n).
+template <bool kDynamic>
 class FwdTileScheduler {
  public:
   __device__ explicit FwdTileScheduler(const cuda::FwdParams& p)
-      : bh_count_(p.batch * p.q_heads), heads_(p.q_heads), num_q_tiles_(p.num_q_tiles),
+      : bh_count_(p.batch * p.q_heads), heads_(p.q_heads), kv_group_(p.kv_group), num_q_tiles_(p.num_q_tiles),
         num_tiles_(p.num_q_tiles * p.batch * p.q_heads) {}
 
-  __device__ int first() const { return static_cast<int>(blockIdx.x); }
-  __device__ int next(int t) const { return t + static_cast<int>(gridDim.x); }
   __device__ bool valid(int t) const { return t < num_tiles_; }
+  __device__ int static_index(int n) const {
+    return static_cast<int>(blockIdx.x) + n * static_cast<int>(gridDim.x);
+  }
 
   __device__ FwdTile tile(int t) const {
-    const int g = static_cast<int>(gridDim.x);
-    const int wave = t / g;
-    if (wave & 1) {
-      const int width = min(g, num_tiles_ - wave * g);
-      t = wave * g + (width - 1 - (t - wave * g));
+    if (!kDynamic) {
+      const int g = static_cast<int>(gridDim.x);
+      const int wave = t / g;
+      if (wave & 1) {
+        const int width = min(g, num_tiles_ - wave * g);
+        t = wave * g + (width - 1 - (t - wave * g));
+      }
     }
     const int bh = t % bh_count_;
-    return {num_q_tiles_ - 1 - t / bh_count_, bh % heads_, bh / heads_};
+    const int h = bh % heads_;
+    return {num_q_tiles_ - 1 - t / bh_count_, h, bh / heads_, h / kv_group_};
   }
 
  private:
-  int bh_count_, heads_, num_q_tiles_, num_tiles_;
+  int bh_count_, heads_, kv_group_, num_q_tiles_, num_tiles_;
 };
+
+// The channel's shared memory: two slots, each a tile index and the tile decoded, with their
+// full / empty barriers (full: 1 arrival, the feed's; empty: the load thread and every consumer
+// thread). Each side counts the tiles it passed (n): slot n % 2, parity (n / 2) % 2. The
+// consumers read the index and decode it themselves (warp-uniform arithmetic, uniform registers);
+// the load thread, short of registers, reads the decoded tile. An invalid index ends the work.
+struct FwdTileChannel {
+  static constexpr uint32_t kSlotBytes = 32;  // int index; 12 bytes unused; int4 {m, h, b, hkv}
+  uint32_t slots;      // shared address of the two slots
+  uint32_t full_bar;   // 2 barriers, 8 bytes apart
+  uint32_t empty_bar;  // 2 barriers, 8 bytes apart
+
+  // The feed thread, for its n-th tile.
+  __device__ void publish(int n, int t, const FwdTile& tile) const {
+    const uint32_t slot = n & 1, parity = (n >> 1) & 1;
+    ptx::mbar_wait(empty_bar + 8 * slot, parity ^ 1);
+    const uint32_t at = slots + kSlotBytes * slot;
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at), "r"(t) : "memory");
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at + 16), "r"(tile.m), "r"(tile.h),
+                 "r"(tile.b), "r"(tile.hkv)
+                 : "memory");
+    ptx::mbar_arrive(full_bar + 8 * slot);  // release: the waiters see the stores
+  }
+
+  // The readers, for their n-th tile: wait, read, release.
+  __device__ void wait(int n) const { ptx::mbar_wait(full_bar + 8 * (n & 1), (n >> 1) & 1); }
+  __device__ int index(int n) const {
+    int t;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(t) : "r"(slots + kSlotBytes * (n & 1)) : "memory");
+    return t;
+  }
+  __device__ FwdTile tile(int n) const {
+    FwdTile t;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(t.m), "=r"(t.h), "=r"(t.b), "=r"(t.hkv)
+                 : "r"(slots + kSlotBytes * (n & 1) + 16)
+                 : "memory");
+    return t;
+  }
+  __device__ void release(int n) const { ptx::mbar_arrive(empty_bar + 8 * (n & 1)); }
+  __device__ int receive_index(int n) const {
+    wait(n);
+    const int t = index(n);
+    release(n);
+    return t;
+  }
+};
+
+// The n-th tile of this CTA, as the load thread of the dynamic order reads it (m < 0: no more),
+// and the n-th tile index as a consumer sees it in either order (invalid: no more).
+__device__ __forceinline__ FwdTile receive_fwd_tile(const FwdTileChannel& ch, int n) {
+  ch.wait(n);
+  const FwdTile tile = ch.tile(n);
+  ch.release(n);
+  return tile;
+}
+template <bool kDynamic>
+__device__ __forceinline__ int consumer_tile_index(const FwdTileScheduler<kDynamic>& sched,
+                                                   const FwdTileChannel& ch, int n) {
+  if constexpr (kDynamic) {
+    return ch.receive_index(n);
+  } else {
+    return sched.static_index(n);
+  }
+}
+
+// The feed (dynamic order only): its CTA index first, then fetches from the launch's counter,
+// each published, the first invalid one last. The channel's depth keeps the fetches one tile
+// ahead of the consumers, as a fetch when a tile starts would be.
+// The last CTA out resets the counter for the next launch that takes this slot; the fence orders
+// this CTA's last fetch before its arrival on `done`, so no fetch follows the reset.
+__device__ __forceinline__ void run_fwd_tile_feed(const FwdTileChannel& ch, const FwdTileScheduler<true>& sched,
+                                                  int slot) {
+  FwdTileCounter& c = g_fwd_tile_counters[slot];
+  int t = static_cast<int>(blockIdx.x);
+  for (int n = 0;; ++n) {
+    const bool valid = sched.valid(t);
+    ch.publish(n, t, valid ? sched.tile(t) : FwdTile{-1, 0, 0, 0});
+    if (!valid) break;
+    t = static_cast<int>(atomicAdd(&c.next, 1u) + gridDim.x);
+  }
+  __threadfence();
+  if (atomicAdd(&c.done, 1u) == gridDim.x - 1) {
+    __threadfence();
+    atomicExch(&c.next, 0u);
+    atomicExch(&c.done, 0u);
+  }
+}
 
 }  // namespace flashflex::sm90
