@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Optional
 
 import torch
@@ -19,7 +18,7 @@ from ._tensor_ref import SUPPORTED_DTYPES, unit_inner_stride
 from ._score_mod_compile import resolve_score_mod
 from ._score_mod_resolve import CallableScoreMod
 from .block_mask import BlockMask
-from .score_mods import _ALIBI, _NONE, SUPPORTED, ScoreMod
+from .score_mods import _NONE, SUPPORTED, ScoreMod
 
 __all__ = ["flex_attention"]
 
@@ -51,7 +50,6 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     graph_mod = mod if isinstance(mod, CallableScoreMod) else None
     if graph_mod is not None:
         mod, scale = _resolve_score_mod(graph_mod.builtin, query, key), scale * graph_mod.scale_factor
-    _check_learnable_slopes(mod, query)
 
     mask_tensors = [] if mask is None else mask._tensors()
     mod_tensor = mod.tensor if mod is not None else None
@@ -154,16 +152,6 @@ def _resolve_block_mask(block_mask, query, key) -> Optional[BlockMask]:
         raise ValueError(f"block_mask: expected device {query.device} (as query), got {block_mask.device}; "
                          f"move it with block_mask.to(device)")
     return block_mask
-
-
-def _check_learnable_slopes(mod, query) -> None:
-    # The slopes' gradient on CUDA (_ops._alibi_backward) is refused until its GPU test has run: the
-    # first check, which saw it "about half" the float64 value, compared against a sum that cancels
-    # (bench/NOTES.md); tests/python/test_cuda_trainer_paths.py holds the check that can tell.
-    if (mod is not None and mod.kind == _ALIBI and query.is_cuda and torch.is_grad_enabled()
-            and mod.tensor.requires_grad):
-        raise NotImplementedError("score_mod: the gradient of learnable ALiBi slopes is not available on CUDA yet; "
-                                  "pass slopes.detach() (fixed slopes), or run this layer on the CPU")
 
 
 def _resolve_score_mod(score_mod, query, key) -> Optional[ScoreMod]:

@@ -59,19 +59,6 @@ def test_compiled_dropin_with_a_new_torch_mask_per_step(gen):
     assert counter.frame_count == first, "new masks of the same shapes recompiled"
 
 
-def test_learnable_alibi_slopes_on_cuda_are_refused(gen):
-    # Refused until test_learnable_alibi_slopes_on_cuda has run (bench/NOTES.md: the first check
-    # of their gradient compared against a sum that cancels).
-    slopes = torch.tensor([0.5, 0.25], device="cuda", requires_grad=True)
-    q, k, v = (randn(gen, 1, 2, 130, 64, dtype=BF16).cuda().requires_grad_() for _ in range(3))
-    with pytest.raises(NotImplementedError, match="score_mod: the gradient of learnable ALiBi slopes"):
-        flashflex.flex_attention(q, k, v, score_mod=flashflex.score_mods.alibi(slopes))
-    out = flashflex.flex_attention(q, k, v, score_mod=flashflex.score_mods.alibi(slopes.detach()))
-    assert out.shape == q.shape
-
-
-@pytest.mark.xfail(reason="learnable ALiBi slopes are refused on CUDA until this test has run (bench/NOTES.md)",
-                   raises=NotImplementedError, strict=True)
 @pytest.mark.parametrize("backend", ["SM90", "SM80"])
 def test_learnable_alibi_slopes_on_cuda(gen, backend):
     # The slopes' gradient, sum over (b, q, kv) of dS * (kv - q), nearly cancels for a loss of
