@@ -1,8 +1,8 @@
-"""A model of the sm_90 forward's persistent tile order (src/cuda/sm90/tile_scheduler_fwd.cuh) on a
-case's block mask, to predict load imbalance before a GPU run measures it. CTA c of G takes the
-order's positions c, c + G, ... (odd waves reversed); the order runs q tiles from the last one,
-every (batch, head) of a q tile together. Compared with a dynamic scheduler (a CTA takes the next
-tile of the same order when it finishes, as an atomic tile counter would give) and with the bound
+"""A model of the sm_90 forward's persistent tile orders (src/cuda/sm90/tile_scheduler_fwd.cuh) on
+a case's block mask, to predict load imbalance before a GPU run measures it. The order runs q tiles
+from the last one, every (batch, head) of a q tile together. Static (head dims 64 and 256): CTA c
+of G takes positions c, c + G, ... (odd waves reversed). Dynamic (head dim 128, the kernel's tile
+counter): a CTA takes the next tile of the same order when it finishes. Both against the bound
 max(average work, dearest tile). The cost of a tile is its kv steps (a partial step costs
 --partial-cost full ones) plus --tile-cost steps of fixed work (Q load, epilogue). CPU only.
 
@@ -25,8 +25,8 @@ import cases as cs  # noqa: E402
 
 class Balance(NamedTuple):
     tiles: int
-    static: float   # busiest CTA / average, the present order
-    dynamic: float  # the same order, each tile to the CTA that finishes first
+    static: float   # busiest CTA / average, the static order
+    dynamic: float  # the dynamic order: each tile to the CTA that finishes first
     bound: float    # max(average, dearest tile) / average
 
 
@@ -74,7 +74,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--partial-cost", type=float, default=1.0, help="a partial step, in full steps")
     parser.add_argument("--tile-cost", type=float, default=1.0, help="a tile's fixed work, in full steps")
     args = parser.parse_args(argv)
-    print(f"| case | tiles | present order: busiest / average | dynamic | bound |  (partial step "
+    print(f"| case | tiles | static order: busiest / average | dynamic | bound |  (partial step "
           f"{args.partial_cost:g}, tile {args.tile_cost:g} steps, {args.sms} CTAs)")
     print("|---|---|---|---|---|")
     for case in cs.parse_list(args.cases):
