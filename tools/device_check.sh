@@ -8,7 +8,9 @@
 # (default build/device-check); summary.txt holds one line per step and the tables; the
 # benchmark tables and PNGs are $OUT/<gpu>_{forward,backward,eagle3_unroll}.{md,png}. Step profile
 # (not in the default set): Nsight Compute on one call of flashflex and of FA4
-# (bench/profile_case.py), summaries $OUT/profile_<impl>.txt (tools/ncu_summary.py).
+# (bench/profile_case.py), summaries $OUT/profile_<impl>.txt (tools/ncu_summary.py). Steps
+# torchspec (bench/torchspec_layer.py) and train (examples/python/eagle3_ttt_train.py at hidden
+# 4096, 32/8 heads, T=8192), not in the default set either.
 #
 #   tools/device_check.sh                 # everything but `profile` (well over ten minutes)
 #   STEPS="build profile" tools/device_check.sh   # ncu of flashflex and FA4 on one call each
@@ -129,5 +131,21 @@ if wants eagle3; then
   run_step eagle3 420 "$OUT/eagle3.log" python3 bench/eagle3_unroll.py --budget-s "${EAGLE3_BUDGET_S:-300}" \
     --out "$OUT/${SLUG}_eagle3_unroll.md"
   cat "$OUT/${SLUG}_eagle3_unroll.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/eagle3.log" >>"$SUMMARY"
+fi
+if wants torchspec; then
+  # A TorchSpec-style layer: torch flex vs the drop-in vs Eagle3Attention (bench/torchspec_layer.py).
+  run_step torchspec 600 "$OUT/torchspec.log" python3 bench/torchspec_layer.py --out "$OUT/${SLUG}_torchspec_layer.md"
+  cat "$OUT/${SLUG}_torchspec_layer.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/torchspec.log" >>"$SUMMARY"
+fi
+if wants train; then
+  # EAGLE3 TTT training at a realistic size against the torch flex layer (bf16 tolerance): compiled
+  # Triton, and FlashAttention-4's kernels (BACKEND=FLASH) where flash_attn.cute imports.
+  for kernel in triton flash; do
+    [[ $kernel == flash && -n "$fa4" ]] && { note "train flash: skipped (flash_attn.cute not importable)"; continue; }
+    run_step "train-$kernel" 600 "$OUT/train_$kernel.log" python3 examples/python/eagle3_ttt_train.py --device cuda \
+      --steps 4 --batch 1 --seq-len 8192 --hidden 4096 --heads 32 --kv-heads 8 --head-dim 128 --vocab 32000 \
+      --reference-kernel "$kernel"
+    tail -4 "$OUT/train_$kernel.log" >>"$SUMMARY"
+  done
 fi
 cat "$SUMMARY"

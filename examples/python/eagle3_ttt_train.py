@@ -15,11 +15,15 @@ customers' generate_eagle3_mask (lengths reduced by the step).
   --device cpu (default): both in float32 / float64; torch's flex_attention has no CPU backward,
     so the reference evaluates the mask densely and runs scaled_dot_product_attention in float64.
   --device cuda: both in bfloat16 on the GPU (flashflex's CUDA kernels), the reference through
-    torch's flex_attention (torch.compile'd, a BlockMask of the customers' mask_mod per step):
-    the torch-flex path of the trainers. Agreement is then to bf16 tolerance.
+    torch's flex_attention (a BlockMask of the customers' mask_mod per step; eager, or compiled
+    with Triton or FlashAttention-4 kernels: --reference-kernel): the torch-flex path of the
+    trainers. Agreement is then to bf16 tolerance.
 Exits 1 if the gradients differ beyond --tol (max over parameters of max|g - g_ref| / max|g_ref|).
 
     python examples/python/eagle3_ttt_train.py [--device cuda] [--steps 4] [--ttt-length 7]
+        [--reference-kernel eager|triton|flash]
+Prints the time of the first optimizer step (compilation included) and the median of the later
+ones, for flashflex and the reference.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ def generate_eagle3_mask(seq_lengths: torch.Tensor, q_len: int):
 
 class ReferenceEagle3Attention(Eagle3Attention):
     """Eagle3Attention with the upstream attention: concatenated K/V and the customers' mask,
-    evaluated densely and run through SDPA (any dtype, float64 for a reference)."""
+    evaluated densely and run through SDPA (any dtype, float64 for a reference) on the CPU, through
+    torch's flex_attention on the GPU (`kernel`: see flex_attend)."""
+
+    kernel = "eager"
 
     def attend(self, q, cache_keys, cache_values, seq_lengths):
         bsz, _, q_len, _ = q.shape
@@ -68,7 +75,7 @@ class ReferenceEagle3Attention(Eagle3Attention):
         lengths = lengths - step
         mask_mod = generate_eagle3_mask(lengths, q_len)
         if q.is_cuda:
-            return flex_attend(q, key, value, mask_mod)
+            return flex_attend(q, key, value, mask_mod, self.kernel)
         b = torch.arange(bsz, device=q.device)[:, None, None]
         q_idx = torch.arange(q_len, device=q.device)[None, :, None]
         kv_idx = torch.arange(key.shape[2], device=q.device)[None, None, :]
@@ -82,16 +89,26 @@ class ReferenceEagle3Attention(Eagle3Attention):
         return torch.where(valid[:, None], out, torch.zeros_like(out))
 
 
-def flex_attend(q, key, value, mask_mod):
+_COMPILED_FLEX = {}
+
+
+def flex_attend(q, key, value, mask_mod, kernel: str = "eager"):
     """The trainers' formulation on the GPU: torch's flex_attention with a BlockMask of their
-    mask_mod. Eager (torch's own flex semantics without the Triton kernels): the point here is
-    the numbers, and inductor has no flex template for some of these tiny shapes."""
+    mask_mod, built every step. kernel: "eager" (torch's own flex semantics, scores materialised:
+    small sizes only), "triton" (torch.compile'd, as the trainers run it) or "flash" (compiled with
+    kernel_options={"BACKEND": "FLASH"}: FlashAttention-4's kernels, which must be installed)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     bsz, _, q_len, _ = q.shape
     block_mask = create_block_mask(mask_mod, bsz, None, q_len, key.shape[2], device=q.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
-        return flex_attention(q, key, value, block_mask=block_mask, enable_gqa=q.shape[1] != key.shape[1])
+    gqa = q.shape[1] != key.shape[1]
+    if kernel == "eager":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
+            return flex_attention(q, key, value, block_mask=block_mask, enable_gqa=gqa)
+    if kernel not in _COMPILED_FLEX:
+        _COMPILED_FLEX[kernel] = torch.compile(flex_attention, dynamic=False)
+    options = {"BACKEND": "FLASH"} if kernel == "flash" else None
+    return _COMPILED_FLEX[kernel](q, key, value, block_mask=block_mask, enable_gqa=gqa, kernel_options=options)
 
 
 class TinyDraft(nn.Module):
@@ -150,7 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="default 1e-4 on the CPU (float32 vs float64), 5e-2 on CUDA (bf16 vs bf16)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-kernel", default="eager", choices=["eager", "triton", "flash"],
+                        help="the CUDA reference's flex_attention: eager (small sizes), compiled Triton, or "
+                             "compiled with BACKEND=FLASH (FlashAttention-4 installed)")
     args = parser.parse_args(argv)
+    ReferenceEagle3Attention.kernel = args.reference_kernel
 
     torch.manual_seed(args.seed)
     model = TinyDraft(Eagle3Attention, args.vocab, args.hidden, args.heads, args.kv_heads, args.head_dim)
@@ -173,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                device=args.device)
     history = []
     worst = 0.0
-    times = {"flashflex": 0.0, "reference": 0.0}
+    times = {"flashflex": [], "reference": []}  # seconds per optimizer step (the first compiles)
     # One random batch, revisited every optimizer step (so the loss visibly goes down).
     input_ids = torch.randint(args.vocab, (b, t)).to(args.device)
     targets = torch.randint(args.vocab, (b, t)).to(args.device)
@@ -191,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             total.backward()
             if cuda:
                 torch.cuda.synchronize()
-            times[name] += time.perf_counter() - start
+            times[name].append(time.perf_counter() - start)
             row[name] = [loss.item() for loss in losses]
         diff = max_rel_grad_diff(model, ref)
         worst = max(worst, diff)
@@ -205,9 +226,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print("  per TTT step reference: " + " ".join(f"{v:.4f}" for v in row["reference"]))
     finite = all(v == v and abs(v) != float("inf") for h in history for v in h["flashflex"] + h["reference"])
     ok = worst <= args.tol and finite
-    print(f"time fwd+bwd: flashflex {times['flashflex']:.2f} s, reference ({ref_dtype}) {times['reference']:.2f} s "
-          "(the reference: eager flex_attention)" if cuda else
-          f"time fwd+bwd: flashflex {times['flashflex']:.2f} s, reference ({ref_dtype}) {times['reference']:.2f} s")
+    later = {name: sorted(ts[1:])[len(ts[1:]) // 2] if len(ts) > 1 else None for name, ts in times.items()}
+    reference = f"reference ({ref_dtype}{', flex ' + args.reference_kernel if cuda else ''})"
+    print(f"time of the first step (compilation included): flashflex {times['flashflex'][0]:.3f} s, "
+          f"{reference} {times['reference'][0]:.3f} s")
+    if later["flashflex"] is not None:
+        print(f"time per later step (median; forward and backward of the whole model): flashflex "
+              f"{later['flashflex'] * 1e3:.1f} ms, {reference} {later['reference'] * 1e3:.1f} ms")
     print(f"{'AGREE' if ok else 'DISAGREE'}: max relative gradient difference {worst:.2e} (tolerance {args.tol:.0e})")
     return {"ok": ok, "max_rel_grad_diff": worst, "history": history}
 
