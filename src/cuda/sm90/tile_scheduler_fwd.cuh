@@ -17,7 +17,10 @@
 // counters of its translation unit in turn, and the launch's last CTA to run out of tiles resets
 // it. Two forward launches of one translation unit that run at once (different streams) share a
 // counter only when kFwdTileSlots launches lie between them. Replays of one CUDA graph run one
-// after the other, so a captured slot is safe.
+// after the other, but a captured launch keeps its slot for every replay: an eager launch (or
+// another graph's) that takes the same slot while a replay runs on another stream would share
+// it and compute wrong tiles. Not guarded yet: that needs a counter per launch (allocated and
+// zeroed on the stream), which costs a memset per call.
 //
 // Inside a CTA one thread of the producer warpgroup fetches each tile index, decodes it and
 // publishes it through a two-slot channel in shared memory (pipeline_fwd.cuh: tile_full /
