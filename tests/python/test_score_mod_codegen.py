@@ -1,0 +1,165 @@
+"""The generated score-mod hook (python/flashflex/_score_mod_codegen.py) compiled as host C++ with
+the machine's compiler and run on every element of a [B, H, Q, KV] grid, for each score_mod of
+the callable zoo (test_score_mod_callables.ZOO) and a few operations the zoo does not use: the
+modified score against the float64 graph (_score_mod_graph.evaluate), its derivative with
+respect to the score against torch autograd, and the gradients of learnable captured tensors,
+accumulated from the per-gather partials and offsets, against autograd too. Skipped without a
+C++ compiler."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import torch
+
+from flashflex._score_mod_codegen import MAX_DIMS, PRELUDE, generate, tensor_descriptor
+from flashflex._score_mod_graph import capture, evaluate
+from helpers import randn
+from test_score_mod_callables import BATCH, HQ, KV_LEN, Q_LEN, ZOO
+
+COMPILER = shutil.which("g++") or shutil.which("c++")
+pytestmark = pytest.mark.skipif(COMPILER is None, reason="no host C++ compiler")
+
+_TABLE = torch.randn(9)
+EXTRA = {  # name: (captured tensors {name: (tensor, requires_grad)}, builder)
+    "clamp_exp_log": ({}, lambda T: lambda s, b, h, q, kv: torch.log(1 + torch.exp(torch.clamp(s, -5.0, 5.0)))),
+    "min_max_sqrt": ({}, lambda T: lambda s, b, h, q, kv: torch.maximum(torch.minimum(s, s * 0.5 + 1), -torch.sqrt(
+        torch.abs(s) + 1))),
+    "integer_arithmetic": ({}, lambda T: lambda s, b, h, q, kv: s + ((q - kv) // 3 % 5).float() - (kv % 7 == 0) * 2.5),
+    "remainder_negative": ({}, lambda T: lambda s, b, h, q, kv: s * torch.remainder(q - kv, 4).float()),
+    "gather_negative_index": ({"table": (_TABLE, True)}, lambda T: lambda s, b, h, q, kv: s * T["table"][
+        (q - kv) % 9 - 9]),
+    "pow_sin_erf": ({}, lambda T: lambda s, b, h, q, kv: torch.pow(torch.sin(s), 2) + torch.erf(s * 0.3)),
+    "computed_constant": ({"w": (torch.randn(HQ), True)}, lambda T: lambda s, b, h, q, kv: s * torch.softmax(
+        T["w"], 0)[h]),
+}
+
+
+def _compile(functions):
+    """A shared library with run_<i> for every generated function."""
+    parts = [PRELUDE]
+    for i, gen in enumerate(functions):
+        parts.append(f"namespace case{i} {{\n{gen.function}}}\n")
+        parts.append(f"""
+extern "C" void run_{i}(int64_t n, const float* score, const int32_t* b, const int32_t* h, const int32_t* q,
+                       const int32_t* kv, const void* const* data, const int64_t* strides, const int64_t* sizes,
+                       const int32_t* dtypes, int32_t ntensors, float* out, float* dscore, float* dg, int64_t* goff,
+                       int32_t k) {{
+  FlexModTensor ts[16];
+  for (int i = 0; i < ntensors; ++i) {{
+    ts[i].data = data[i];
+    for (int d = 0; d < {MAX_DIMS}; ++d) ts[i].stride[d] = strides[i * {MAX_DIMS} + d], ts[i].size[d] = sizes[i * {MAX_DIMS} + d];
+    ts[i].dtype = dtypes[i];
+  }}
+  float dgl[64];
+  int64_t offl[64];
+  for (int64_t j = 0; j < n; ++j) {{
+    out[j] = case{i}::flashflex_score_mod(score[j], b[j], h[j], q[j], kv[j], ts, &dscore[j], dgl, offl);
+    for (int g = 0; g < k; ++g) dg[j * k + g] = dgl[g], goff[j * k + g] = offl[g];
+  }}
+}}
+""")
+    folder = tempfile.mkdtemp(prefix="flashflex_codegen_")
+    src, lib = os.path.join(folder, "mods.cpp"), os.path.join(folder, "mods.so")
+    with open(src, "w") as f:
+        f.write("".join(parts))
+    subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-o", lib, src], check=True,
+                   capture_output=True, text=True)
+    return ctypes.CDLL(lib)
+
+
+def _ptr(t: torch.Tensor):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _cases(gen):
+    cases = {}
+    for name, case in ZOO.items():
+        tensors = {}
+        for tname, (shape, grad) in case.tensors.items():
+            t = randn(gen, *shape, std=0.5) if shape else randn(gen, 1, std=0.5)[0]
+            tensors[tname] = torch.nn.Parameter(t) if grad == "parameter" else t.requires_grad_(bool(grad))
+        cases[name] = (tensors, case.build(tensors))
+    for name, (spec, build) in EXTRA.items():
+        tensors = {tname: t.clone().requires_grad_(grad) for tname, (t, grad) in spec.items()}
+        cases[name] = (tensors, build(tensors))
+    return cases
+
+
+def _grids():
+    shape = (BATCH, HQ, Q_LEN, KV_LEN)
+    grids = [torch.arange(n, dtype=torch.int32).view([n if i == d else 1 for i in range(4)])
+             for d, n in enumerate(shape)]
+    return shape, grids
+
+
+def test_generated_code_matches_the_graph_and_autograd(gen):
+    cases = _cases(gen)
+    graphs = {name: capture(mod) for name, (_, mod) in cases.items()}
+    generated = {name: generate(g) for name, g in graphs.items()}
+    lib = _compile(list(generated.values()))
+    shape, grids = _grids()
+    n = BATCH * HQ * Q_LEN * KV_LEN
+    flat = [g.expand(shape).reshape(-1).contiguous() for g in grids]
+    for i, (name, g) in enumerate(graphs.items()):
+        code = generated[name]
+        score = (randn(gen, *shape, std=3.0)).reshape(-1).contiguous()
+        # The float64 graph and its gradients.
+        score64 = score.double().view(shape).requires_grad_()
+        ref = evaluate(g, score64, *grids).expand(shape)
+        leaves = [t for t in g.tensors.values() if t.requires_grad]
+        finite = torch.isfinite(ref)
+        ref_grads = torch.autograd.grad(ref[finite].sum(), [score64] + leaves, allow_unused=True)
+        # The generated function on every element.
+        inputs = [t.detach().contiguous() if not t.requires_grad else t for t in code.inputs()]
+        held = [t.detach().contiguous() for t in inputs]
+        desc = [tensor_descriptor(t) for t in held]
+        k = len(code.gathers)
+        out, dscore = torch.empty(n), torch.empty(n)
+        dg, goff = torch.zeros(n, max(k, 1)), torch.zeros(n, max(k, 1), dtype=torch.int64)
+        nt = len(desc)
+        data = (ctypes.c_void_p * max(nt, 1))(*[d[0] for d in desc])
+        strides = torch.tensor([s for d in desc for s in d[1]] or [0], dtype=torch.int64)
+        sizes = torch.tensor([s for d in desc for s in d[2]] or [0], dtype=torch.int64)
+        dtypes = torch.tensor([d[3] for d in desc] or [0], dtype=torch.int32)
+        getattr(lib, f"run_{i}")(ctypes.c_int64(n), _ptr(score), *(_ptr(x) for x in flat), data, _ptr(strides),
+                                 _ptr(sizes), _ptr(dtypes), ctypes.c_int32(nt), _ptr(out), _ptr(dscore), _ptr(dg),
+                                 _ptr(goff), ctypes.c_int32(k))
+        out = out.view(shape)
+        assert torch.equal(torch.isfinite(out), finite), f"{name}: non-finite values differ"
+        assert torch.equal(out[~finite].double(), ref[~finite].detach()), f"{name}: infinities differ"
+        scale = ref.detach()[finite].abs().max().clamp(min=1.0)
+        err = (out.double()[finite] - ref.detach()[finite]).abs().max() / scale
+        assert err < 2e-6, f"{name}: value {err:.2e} from float64"
+        d_ref = ref_grads[0].view(-1)[finite.view(-1)]
+        d_got = dscore.double()[finite.view(-1)]
+        d_err = (d_got - d_ref).abs().max() / d_ref.abs().max().clamp(min=1.0)
+        assert d_err < 1e-5, f"{name}: d score {d_err:.2e} from autograd"
+        # Gradients of learnable tensors: the partials scattered to their elements, then torch
+        # autograd from computed inputs back to the captured tensors.
+        grads = [torch.zeros(t.numel(), dtype=torch.float64) for t in held]
+        rows = finite.view(-1)
+        for j, gather in enumerate(code.gathers):
+            grads[gather.tensor].index_add_(0, goff[rows, j], dg[rows, j].double())
+        wants = [(t, gr.view(t.shape).to(t.dtype)) for t, gr in zip(inputs, grads) if t.requires_grad]
+        got_leaf = {}
+        if wants:
+            got = torch.autograd.grad([t for t, _ in wants], leaves, [gr for _, gr in wants], allow_unused=True)
+            got_leaf = dict(zip(map(id, leaves), got))
+        for leaf, want in zip(leaves, ref_grads[1:]):
+            got = got_leaf.get(id(leaf))
+            want = torch.zeros_like(leaf, dtype=torch.float64) if want is None else want.double()
+            got = torch.zeros_like(want) if got is None else got.double()
+            g_err = (got - want).abs().max() / want.abs().max().clamp(min=1.0)
+            assert g_err < 1e-4, f"{name}: gradient of a captured tensor {g_err:.2e} from autograd"
+
+
+def test_unsupported_operation_names_itself():
+    g = capture(lambda s, b, h, q, kv: torch.special.i0(s))
+    with pytest.raises(TypeError, match="i0"):
+        generate(g)
