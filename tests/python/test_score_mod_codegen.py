@@ -3,8 +3,9 @@ the machine's compiler and run on every element of a [B, H, Q, KV] grid, for eac
 the callable zoo (test_score_mod_callables.ZOO) and a few operations the zoo does not use: the
 modified score against the float64 graph (_score_mod_graph.evaluate), its derivative with
 respect to the score against torch autograd, and the gradients of learnable captured tensors,
-accumulated from the per-gather partials and offsets, against autograd too. Skipped without a
-C++ compiler."""
+accumulated from the per-gather partials and offsets, against autograd too. The same harness
+built with nvcc as device code (a compile check on any machine with nvcc) and run on a GPU (one
+thread per element) must agree just as well. Skipped without the compiler each needs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from helpers import randn
 from test_score_mod_callables import BATCH, HQ, KV_LEN, Q_LEN, ZOO
 
 COMPILER = shutil.which("g++") or shutil.which("c++")
-pytestmark = pytest.mark.skipif(COMPILER is None, reason="no host C++ compiler")
+NVCC = shutil.which("nvcc")
 
 _TABLE = torch.randn(9)
 EXTRA = {  # name: (captured tensors {name: (tensor, requires_grad)}, builder)
@@ -40,16 +41,14 @@ EXTRA = {  # name: (captured tensors {name: (tensor, requires_grad)}, builder)
 }
 
 
-def _compile(functions):
-    """A shared library with run_<i> for every generated function."""
-    parts = [PRELUDE]
+def _harness(functions, device: bool) -> str:
+    """C++ (device: CUDA) with run_<i> applying generated function i to n elements: on the host a
+    loop, on the device one thread per element behind a host launcher taking device pointers."""
+    fn = "__device__ __forceinline__" if device else ""
+    parts = [f"#define FLASHFLEX_MOD_FN {fn}\n", PRELUDE]
     for i, gen in enumerate(functions):
         parts.append(f"namespace case{i} {{\n{gen.function}}}\n")
-        parts.append(f"""
-extern "C" void run_{i}(int64_t n, const float* score, const int32_t* b, const int32_t* h, const int32_t* q,
-                       const int32_t* kv, const void* const* data, const int64_t* strides, const int64_t* sizes,
-                       const int32_t* dtypes, int32_t ntensors, float* out, float* dscore, float* dg, int64_t* goff,
-                       int32_t k) {{
+        body = f"""
   FlexModTensor ts[16];
   for (int i = 0; i < ntensors; ++i) {{
     ts[i].data = data[i];
@@ -57,20 +56,61 @@ extern "C" void run_{i}(int64_t n, const float* score, const int32_t* b, const i
     ts[i].dtype = dtypes[i];
   }}
   float dgl[64];
-  int64_t offl[64];
-  for (int64_t j = 0; j < n; ++j) {{
+  int64_t offl[64];"""
+        element = f"""
     out[j] = case{i}::flashflex_score_mod(score[j], b[j], h[j], q[j], kv[j], ts, &dscore[j], dgl, offl);
-    for (int g = 0; g < k; ++g) dg[j * k + g] = dgl[g], goff[j * k + g] = offl[g];
+    for (int g = 0; g < k; ++g) dg[j * k + g] = dgl[g], goff[j * k + g] = offl[g];"""
+        params = """int64_t n, const float* score, const int32_t* b, const int32_t* h, const int32_t* q, const int32_t* kv,
+    const void* const* data, const int64_t* strides, const int64_t* sizes, const int32_t* dtypes, int32_t ntensors,
+    float* out, float* dscore, float* dg, int64_t* goff, int32_t k"""
+        if not device:
+            parts.append(f'extern "C" void run_{i}({params}) {{{body}\n  for (int64_t j = 0; j < n; ++j) {{{element}\n  }}\n}}\n')
+            continue
+        # Device: the descriptors' arrays (data, strides, sizes, dtypes) come from host memory and
+        # travel by value in a struct; element arrays are device pointers.
+        parts.append(f"""
+struct Args{i} {{ const void* data[16]; int64_t strides[16 * {MAX_DIMS}]; int64_t sizes[16 * {MAX_DIMS}]; int32_t dtypes[16]; }};
+__global__ void kernel_{i}(Args{i} args, int64_t n, const float* score, const int32_t* b, const int32_t* h,
+                          const int32_t* q, const int32_t* kv, int32_t ntensors, float* out, float* dscore, float* dg,
+                          int64_t* goff, int32_t k) {{
+  const void* const* data = args.data;
+  const int64_t* strides = args.strides;
+  const int64_t* sizes = args.sizes;
+  const int32_t* dtypes = args.dtypes;{body}
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j < n) {{{element}
   }}
 }}
+extern "C" int run_{i}({params}) {{
+  Args{i} args;
+  for (int t = 0; t < ntensors; ++t) {{
+    args.data[t] = data[t];
+    args.dtypes[t] = dtypes[t];
+    for (int d = 0; d < {MAX_DIMS}; ++d) args.strides[t * {MAX_DIMS} + d] = strides[t * {MAX_DIMS} + d],
+                                        args.sizes[t * {MAX_DIMS} + d] = sizes[t * {MAX_DIMS} + d];
+  }}
+  kernel_{i}<<<static_cast<unsigned>((n + 127) / 128), 128>>>(args, n, score, b, h, q, kv, ntensors, out, dscore, dg,
+                                                              goff, k);
+  return static_cast<int>(cudaDeviceSynchronize());
+}}
 """)
+    return "".join(parts)
+
+
+def _build(source: str, compiler, suffix: str, flags):
     folder = tempfile.mkdtemp(prefix="flashflex_codegen_")
-    src, lib = os.path.join(folder, "mods.cpp"), os.path.join(folder, "mods.so")
+    src, lib = os.path.join(folder, "mods" + suffix), os.path.join(folder, "mods.so")
     with open(src, "w") as f:
-        f.write("".join(parts))
-    subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-o", lib, src], check=True,
-                   capture_output=True, text=True)
-    return ctypes.CDLL(lib)
+        f.write(source)
+    done = subprocess.run([compiler, *flags, "-o", lib, src], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return lib
+
+
+def _compile(functions):
+    """A shared library with run_<i> for every generated function, on the host."""
+    return ctypes.CDLL(_build(_harness(functions, False), COMPILER, ".cpp",
+                              ["-std=c++17", "-O1", "-shared", "-fPIC"]))
 
 
 def _ptr(t: torch.Tensor):
@@ -98,13 +138,34 @@ def _grids():
     return shape, grids
 
 
-def test_generated_code_matches_the_graph_and_autograd(gen):
+def _run(lib, i, code, score, flat, held, device):
+    """Generated function i on every element (tensors on `device`); results on the CPU."""
+    n, k = score.numel(), len(code.gathers)
+    moved = [t.to(device) for t in held]
+    desc = [tensor_descriptor(t) for t in moved]
+    score, flat = score.to(device), [x.to(device) for x in flat]
+    out, dscore = torch.empty(n, device=device), torch.empty(n, device=device)
+    dg = torch.zeros(n, max(k, 1), device=device)
+    goff = torch.zeros(n, max(k, 1), dtype=torch.int64, device=device)
+    nt = len(desc)
+    data = (ctypes.c_void_p * max(nt, 1))(*[d[0] for d in desc])
+    strides = torch.tensor([s for d in desc for s in d[1]] or [0], dtype=torch.int64)  # host memory
+    sizes = torch.tensor([s for d in desc for s in d[2]] or [0], dtype=torch.int64)
+    dtypes = torch.tensor([d[3] for d in desc] or [0], dtype=torch.int32)
+    rc = getattr(lib, f"run_{i}")(ctypes.c_int64(n), _ptr(score), *(_ptr(x) for x in flat), data, _ptr(strides),
+                                  _ptr(sizes), _ptr(dtypes), ctypes.c_int32(nt), _ptr(out), _ptr(dscore), _ptr(dg),
+                                  _ptr(goff), ctypes.c_int32(k))
+    assert device == "cpu" or rc == 0, f"CUDA error {rc}"
+    return out.cpu(), dscore.cpu(), dg.cpu(), goff.cpu()
+
+
+def _check_all(gen, lib_of, device):
+    """Every case's generated function (built by lib_of(functions)) against the float64 graph."""
     cases = _cases(gen)
     graphs = {name: capture(mod) for name, (_, mod) in cases.items()}
     generated = {name: generate(g) for name, g in graphs.items()}
-    lib = _compile(list(generated.values()))
+    lib = lib_of(list(generated.values()))
     shape, grids = _grids()
-    n = BATCH * HQ * Q_LEN * KV_LEN
     flat = [g.expand(shape).reshape(-1).contiguous() for g in grids]
     for i, (name, g) in enumerate(graphs.items()):
         code = generated[name]
@@ -118,18 +179,7 @@ def test_generated_code_matches_the_graph_and_autograd(gen):
         # The generated function on every element.
         inputs = [t.detach().contiguous() if not t.requires_grad else t for t in code.inputs()]
         held = [t.detach().contiguous() for t in inputs]
-        desc = [tensor_descriptor(t) for t in held]
-        k = len(code.gathers)
-        out, dscore = torch.empty(n), torch.empty(n)
-        dg, goff = torch.zeros(n, max(k, 1)), torch.zeros(n, max(k, 1), dtype=torch.int64)
-        nt = len(desc)
-        data = (ctypes.c_void_p * max(nt, 1))(*[d[0] for d in desc])
-        strides = torch.tensor([s for d in desc for s in d[1]] or [0], dtype=torch.int64)
-        sizes = torch.tensor([s for d in desc for s in d[2]] or [0], dtype=torch.int64)
-        dtypes = torch.tensor([d[3] for d in desc] or [0], dtype=torch.int32)
-        getattr(lib, f"run_{i}")(ctypes.c_int64(n), _ptr(score), *(_ptr(x) for x in flat), data, _ptr(strides),
-                                 _ptr(sizes), _ptr(dtypes), ctypes.c_int32(nt), _ptr(out), _ptr(dscore), _ptr(dg),
-                                 _ptr(goff), ctypes.c_int32(k))
+        out, dscore, dg, goff = _run(lib, i, code, score, flat, held, device)
         out = out.view(shape)
         assert torch.equal(torch.isfinite(out), finite), f"{name}: non-finite values differ"
         assert torch.equal(out[~finite].double(), ref[~finite].detach()), f"{name}: infinities differ"
@@ -157,6 +207,28 @@ def test_generated_code_matches_the_graph_and_autograd(gen):
             got = torch.zeros_like(want) if got is None else got.double()
             g_err = (got - want).abs().max() / want.abs().max().clamp(min=1.0)
             assert g_err < 1e-4, f"{name}: gradient of a captured tensor {g_err:.2e} from autograd"
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no host C++ compiler")
+def test_generated_code_matches_the_graph_and_autograd(gen):
+    _check_all(gen, _compile, "cpu")
+
+
+@pytest.mark.skipif(NVCC is None, reason="no nvcc")
+def test_generated_code_compiles_as_device_code(gen):
+    functions = [generate(capture(mod)) for _, mod in _cases(gen).values()]
+    _build(_harness(functions, True), NVCC, ".cu", ["-std=c++17", "-O2", "-arch=sm_90a", "-c"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(NVCC is None, reason="no nvcc")
+def test_generated_code_on_the_gpu(gen):
+    major, minor = torch.cuda.get_device_capability()
+
+    def device_lib(functions):
+        return ctypes.CDLL(_build(_harness(functions, True), NVCC, ".cu",
+                                  ["-std=c++17", "-O2", f"-arch=sm_{major}{minor}", "-shared", "-Xcompiler", "-fPIC"]))
+    _check_all(gen, device_lib, "cuda")
 
 
 def test_unsupported_operation_names_itself():
