@@ -12,8 +12,9 @@ integers are int64; a gather whose index is out of range reads NaN (no fault, no
 
 The source is plain C++ with FLASHFLEX_MOD_FN before each function (define it as __device__ for
 NVRTC; empty for a host compiler): expf, tanhf, ... exist in both. tests/python/test_score_mod_codegen.py compiles it with the host's compiler and checks it
-against the float64 graph and torch autograd. Not yet linked into the kernels (NVRTC and
-nvJitLink, issue 16's next step)."""
+against the float64 graph and torch autograd; _score_mod_link.py compiles it with NVRTC and links
+it by name (FLASHFLEX_MOD_LINKAGE extern "C") into a caller's LTO-IR. The attention kernels do not
+call a hook yet."""
 
 from __future__ import annotations
 
@@ -31,10 +32,38 @@ FUNCTION_NAME = "flashflex_score_mod"
 MAX_DIMS = 8  # dims of a captured tensor the function can index
 _aten = torch.ops.aten
 
-_PRELUDE = """#include <cstdint>
+_PRELUDE = """#if defined(__CUDACC_RTC__)
+// NVRTC: no C library headers; the device math functions are built in.
+typedef signed char int8_t;
+typedef short int16_t;
+typedef int int32_t;
+typedef long long int64_t;
+typedef unsigned char uint8_t;
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+#else
+#include <cstdint>
 #include <cmath>
+#endif
 #ifndef FLASHFLEX_MOD_FN
 #define FLASHFLEX_MOD_FN
+#endif
+#ifndef FLASHFLEX_MOD_LINKAGE  // extern "C" where the hook is linked into kernels by name
+#define FLASHFLEX_MOD_LINKAGE
+#endif
+#if defined(__CUDA_ARCH__)
+#define FLEXMOD_NAN __int_as_float(0x7fc00000)
+#define FLEXMOD_INF __int_as_float(0x7f800000)
+#define FLEXMOD_BITS_TO_FLOAT(u) __uint_as_float(u)
+#else
+#define FLEXMOD_NAN __builtin_nanf("")
+#define FLEXMOD_INF __builtin_huge_valf()
+inline float flexmod_bits_to_float_host(uint32_t u) {
+  float value;
+  __builtin_memcpy(&value, &u, sizeof value);
+  return value;
+}
+#define FLEXMOD_BITS_TO_FLOAT(u) flexmod_bits_to_float_host(u)
 #endif
 // A captured tensor: data, element strides and sizes (up to MAX_DIMS dims), element type code
 // (0 float32, 1 float64, 2 bfloat16, 3 float16, 4 int32, 5 int64, 6 bool / uint8, 7 int16, 8 int8).
@@ -48,7 +77,7 @@ FLASHFLEX_MOD_FN float flexmod_half_to_float(uint16_t h) {
   const uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ffu;
   float magnitude;
   if (exponent == 0) magnitude = ldexpf(static_cast<float>(mantissa), -24);
-  else if (exponent == 31) magnitude = mantissa ? NAN : INFINITY;
+  else if (exponent == 31) magnitude = mantissa ? FLEXMOD_NAN : FLEXMOD_INF;
   else magnitude = ldexpf(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
   return sign ? -magnitude : magnitude;
 }
@@ -56,12 +85,7 @@ FLASHFLEX_MOD_FN float flexmod_load_float(const FlexModTensor& t, int64_t offset
   switch (t.dtype) {
     case 0: return static_cast<const float*>(t.data)[offset];
     case 1: return static_cast<float>(static_cast<const double*>(t.data)[offset]);
-    case 2: {
-      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(t.data)[offset]) << 16;
-      float value;
-      __builtin_memcpy(&value, &bits, sizeof value);
-      return value;
-    }
+    case 2: return FLEXMOD_BITS_TO_FLOAT(static_cast<uint32_t>(static_cast<const uint16_t*>(t.data)[offset]) << 16);
     case 3: return flexmod_half_to_float(static_cast<const uint16_t*>(t.data)[offset]);
     case 4: return static_cast<float>(static_cast<const int32_t*>(t.data)[offset]);
     case 5: return static_cast<float>(static_cast<const int64_t*>(t.data)[offset]);
@@ -164,9 +188,9 @@ def _literal(x, kind: str) -> str:
         return f"static_cast<float>({x}LL)" if kind == "float" else f"{x}LL"
     if isinstance(x, float):
         if math.isnan(x):
-            return "NAN"
+            return "FLEXMOD_NAN"
         if math.isinf(x):
-            return "INFINITY" if x > 0 else "(-INFINITY)"
+            return "FLEXMOD_INF" if x > 0 else "(-FLEXMOD_INF)"
         return f"static_cast<float>({x.hex()})"
     raise TypeError(f"score_mod: cannot express the constant {x!r} in generated code")
 
@@ -243,7 +267,7 @@ class _Emitter:
         dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
         kind = _kind_of(dtype)
         if kind == "float":
-            v = self.local("float", f"{offset} < 0 ? NAN : flexmod_load_float(tensors[{t}], {offset})")
+            v = self.local("float", f"{offset} < 0 ? FLEXMOD_NAN : flexmod_load_float(tensors[{t}], {offset})")
             k = len(self.gathers)
             self.gathers.append(Gather(t, self.requires_grad(node)))
             self.gather_offsets.append(offset)
@@ -441,7 +465,7 @@ class _Emitter:
             xs, ys = self.as_float(x), self.as_float(y)
             pick = "<" if name == "minimum" else ">"
             # NaN wins (torch); ties split the gradient evenly (torch's minimum / maximum backward)
-            v = self.local("float", f"({xs} != {xs} || {ys} != {ys}) ? NAN : ({xs} {pick} {ys} ? {xs} : {ys})")
+            v = self.local("float", f"({xs} != {xs} || {ys} != {ys}) ? FLEXMOD_NAN : ({xs} {pick} {ys} ? {xs} : {ys})")
             comps = set(x.deriv) | set(y.deriv)
             d = {c: self.local("float", f"{xs} {pick} {ys} ? {x.deriv.get(c, '0.f')} : ({ys} {pick} {xs} ? "
                                         f"{y.deriv.get(c, '0.f')} : 0.5f * ({x.deriv.get(c, '0.f')} + "
@@ -500,7 +524,7 @@ def generate(graph: ScoreModGraph) -> Generated:
     tail.append(f"  return {e.as_float(value)};")
     unused = "  (void)b; (void)h; (void)q_idx; (void)kv_idx; (void)tensors; (void)d_gathered; (void)gathered_offset;"
     function = (
-        f"FLASHFLEX_MOD_FN float {FUNCTION_NAME}(float score, int32_t b, int32_t h, int32_t q_idx, int32_t kv_idx,\n"
+        f"FLASHFLEX_MOD_LINKAGE FLASHFLEX_MOD_FN float {FUNCTION_NAME}(float score, int32_t b, int32_t h, int32_t q_idx, int32_t kv_idx,\n"
         f"    const FlexModTensor* tensors, float* d_score, float* d_gathered, int64_t* gathered_offset) {{\n"
         + unused + "\n" + "\n".join(body + tail) + "\n}\n")
     return Generated(function, e.gathers, e.inputs, graph)

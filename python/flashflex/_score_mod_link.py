@@ -1,0 +1,137 @@
+"""Run-time compilation and linking of generated score-mod hooks (_score_mod_codegen.py): NVRTC
+compiles CUDA source to LTO-IR for one GPU architecture and nvJitLink links LTO-IR modules (the
+hook, and the kernels that call it by name) into a cubin for the driver to load. Both libraries
+come from the nvidia-cuda-nvrtc and nvidia-nvjitlink wheels (torch's CUDA wheels depend on them)
+or a CUDA toolkit; nvcc is not needed. Works without a GPU: compiling and linking only produce
+bytes. Errors carry the compiler's or linker's log."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+from typing import List, Optional, Sequence
+
+__all__ = ["LinkError", "available", "compile_ltoir", "link_cubin"]
+
+_NVJITLINK_INPUT_LTOIR = 3
+
+
+class LinkError(RuntimeError):
+    """NVRTC or nvJitLink failed, or is not installed; the message holds its log."""
+
+
+def _candidates(stem: str) -> List[str]:
+    found = []
+    for base in sys.path:
+        for sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", "nvidia/nvjitlink/lib"):
+            found += sorted(glob.glob(os.path.join(base, sub, f"lib{stem}.so*")))
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root:
+            found += sorted(glob.glob(os.path.join(root, "lib64", f"lib{stem}.so*")))
+    return [f for f in found if "builtins" not in os.path.basename(f)] + [f"lib{stem}.so"]
+
+
+_LIBS = {}
+
+
+def _load(stem: str) -> ctypes.CDLL:
+    if stem not in _LIBS:
+        errors = []
+        for path in _candidates(stem):
+            try:
+                _LIBS[stem] = ctypes.CDLL(path)
+                break
+            except OSError as e:
+                errors.append(str(e))
+        else:
+            raise LinkError(f"lib{stem} not found (pip install nvidia-cuda-nvrtc nvidia-nvjitlink, or a CUDA toolkit): "
+                            f"{errors[-1] if errors else ''}")
+    return _LIBS[stem]
+
+
+def available() -> Optional[str]:
+    """None when NVRTC and nvJitLink load, else why not."""
+    try:
+        _load("nvrtc")
+        _load("nvJitLink")
+    except LinkError as e:
+        return str(e)
+    return None
+
+
+def _jitlink(name: str):
+    lib = _load("nvJitLink")
+    for symbol in (f"__{name}_13_0", f"__{name}_12_0", name):  # versioned entry points (nvJitLink.h)
+        fn = getattr(lib, symbol, None)
+        if fn is not None:
+            return fn
+    raise LinkError(f"nvJitLink: no entry point {name}")
+
+
+def compile_ltoir(source: str, arch: str, name: str = "score_mod.cu", options: Sequence[str] = ()) -> bytes:
+    """LTO-IR of `source` for `arch` (e.g. "sm_90a"), relocatable (its external functions link by name)."""
+    nvrtc = _load("nvrtc")
+    prog = ctypes.c_void_p()
+    _check_nvrtc(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
+                 "nvrtcCreateProgram")
+    try:
+        opts = [f"-arch={arch}", "-dlto", "-rdc=true", "-std=c++17", *options]
+        argv = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+        status = nvrtc.nvrtcCompileProgram(prog, len(opts), argv)
+        if status != 0:
+            size = ctypes.c_size_t()
+            nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            raise LinkError(f"NVRTC could not compile {name} for {arch}:\n{log.value.decode(errors='replace')}")
+        size = ctypes.c_size_t()
+        _check_nvrtc(nvrtc, nvrtc.nvrtcGetLTOIRSize(prog, ctypes.byref(size)), "nvrtcGetLTOIRSize")
+        out = ctypes.create_string_buffer(size.value)
+        _check_nvrtc(nvrtc, nvrtc.nvrtcGetLTOIR(prog, out), "nvrtcGetLTOIR")
+        return out.raw
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def _check_nvrtc(nvrtc, status: int, what: str) -> None:
+    if status != 0:
+        nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+        raise LinkError(f"{what}: {nvrtc.nvrtcGetErrorString(status).decode()}")
+
+
+def link_cubin(arch: str, ltoirs: Sequence[bytes]) -> bytes:
+    """The cubin of the LTO-IR modules linked together (link-time optimised) for `arch`."""
+    handle = ctypes.c_void_p()
+    opts = [f"-arch={arch}", "-lto"]
+    argv = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+    _check_link(handle, _jitlink("nvJitLinkCreate")(ctypes.byref(handle), len(opts), argv), "nvJitLinkCreate")
+    try:
+        add = _jitlink("nvJitLinkAddData")
+        for i, ir in enumerate(ltoirs):
+            buf = ctypes.create_string_buffer(ir, len(ir))
+            _check_link(handle, add(handle, _NVJITLINK_INPUT_LTOIR, buf, ctypes.c_size_t(len(ir)),
+                                    f"module{i}".encode()), "nvJitLinkAddData")
+        _check_link(handle, _jitlink("nvJitLinkComplete")(handle), "nvJitLinkComplete")
+        size = ctypes.c_size_t()
+        _check_link(handle, _jitlink("nvJitLinkGetLinkedCubinSize")(handle, ctypes.byref(size)),
+                    "nvJitLinkGetLinkedCubinSize")
+        out = ctypes.create_string_buffer(size.value)
+        _check_link(handle, _jitlink("nvJitLinkGetLinkedCubin")(handle, out), "nvJitLinkGetLinkedCubin")
+        return out.raw
+    finally:
+        _jitlink("nvJitLinkDestroy")(ctypes.byref(handle))
+
+
+def _check_link(handle, status: int, what: str) -> None:
+    if status == 0:
+        return
+    log = ""
+    if handle:
+        size = ctypes.c_size_t()
+        if _jitlink("nvJitLinkGetErrorLogSize")(handle, ctypes.byref(size)) == 0 and size.value:
+            buf = ctypes.create_string_buffer(size.value)
+            _jitlink("nvJitLinkGetErrorLog")(handle, buf)
+            log = buf.value.decode(errors="replace")
+    raise LinkError(f"{what} failed (nvJitLinkResult {status}){':' if log else ''}\n{log}")
