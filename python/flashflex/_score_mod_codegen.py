@@ -11,10 +11,11 @@ captured tensors, like the graph's own. Arithmetic is float32 (the kernels' and 
 integers are int64; a gather whose index is out of range reads NaN (no fault, nothing silent).
 
 The source is plain C++ with FLASHFLEX_MOD_FN before each function (define it as __device__ for
-NVRTC; empty for a host compiler): expf, tanhf, ... exist in both. tests/python/test_score_mod_codegen.py compiles it with the host's compiler and checks it
-against the float64 graph and torch autograd; _score_mod_link.py compiles it with NVRTC and links
-it by name (FLASHFLEX_MOD_LINKAGE extern "C") into a caller's LTO-IR. The attention kernels do not
-call a hook yet."""
+NVRTC; empty for a host compiler): expf, tanhf, ... exist in both.
+tests/python/test_score_mod_codegen.py compiles it with the host's compiler and checks it against
+the float64 graph and torch autograd; _score_mod_link.py compiles it with NVRTC and links it by
+name (FLASHFLEX_MOD_LINKAGE extern "C") into a caller's LTO-IR. The attention kernels do not call
+a hook yet."""
 
 from __future__ import annotations
 
@@ -263,7 +264,8 @@ class _Emitter:
         self.emit(f"int64_t {offset} = 0;")
         for d, index in enumerate(indices):
             wrapped = self.local("int", f"flexmod_wrap({self.as_int(index)}, tensors[{t}].size[{d}])", "i")
-            self.emit(f"{offset} = ({offset} < 0 || {wrapped} < 0) ? -1 : {offset} + {wrapped} * tensors[{t}].stride[{d}];")
+            step = f"{offset} + {wrapped} * tensors[{t}].stride[{d}]"
+            self.emit(f"{offset} = ({offset} < 0 || {wrapped} < 0) ? -1 : {step};")
         dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
         kind = _kind_of(dtype)
         if kind == "float":
@@ -524,7 +526,8 @@ def generate(graph: ScoreModGraph) -> Generated:
     tail.append(f"  return {e.as_float(value)};")
     unused = "  (void)b; (void)h; (void)q_idx; (void)kv_idx; (void)tensors; (void)d_gathered; (void)gathered_offset;"
     function = (
-        f"FLASHFLEX_MOD_LINKAGE FLASHFLEX_MOD_FN float {FUNCTION_NAME}(float score, int32_t b, int32_t h, int32_t q_idx, int32_t kv_idx,\n"
+        f"FLASHFLEX_MOD_LINKAGE FLASHFLEX_MOD_FN float {FUNCTION_NAME}(\n"
+        f"    float score, int32_t b, int32_t h, int32_t q_idx, int32_t kv_idx,\n"
         f"    const FlexModTensor* tensors, float* d_score, float* d_gathered, int64_t* gathered_offset) {{\n"
         + unused + "\n" + "\n".join(body + tail) + "\n}\n")
     return Generated(function, e.gathers, e.inputs, graph)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import os
 import sys
-from typing import List, Optional, Sequence
+import tempfile
+from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["LinkError", "available", "compile_ltoir", "link_cubin"]
+__all__ = ["LinkError", "available", "compile_ltoir", "link_cubin", "linked_hook", "cache_dir"]
 
 _NVJITLINK_INPUT_LTOIR = 3
 
@@ -135,3 +137,65 @@ def _check_link(handle, status: int, what: str) -> None:
             _jitlink("nvJitLinkGetErrorLog")(handle, buf)
             log = buf.value.decode(errors="replace")
     raise LinkError(f"{what} failed (nvJitLinkResult {status}){':' if log else ''}\n{log}")
+
+
+# ---- the linked modules on disk ------------------------------------------------------------------
+
+_HOOK_PREFIX = '#define FLASHFLEX_MOD_FN __device__\n#define FLASHFLEX_MOD_LINKAGE extern "C"\n'
+_CACHE_VERSION = b"flashflex-linked-hook-1"
+
+
+def cache_dir() -> str:
+    """$FLASHFLEX_CACHE_DIR, else $XDG_CACHE_HOME/flashflex/score_mods (~/.cache/...)."""
+    root = os.environ.get("FLASHFLEX_CACHE_DIR")
+    if root:
+        return root
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "flashflex", "score_mods")
+
+
+def _versions() -> bytes:
+    """The compiler and linker versions: a newer one may link differently."""
+    nvrtc = _load("nvrtc")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    jit = _jitlink("nvJitLinkVersion") if hasattr(_load("nvJitLink"), "nvJitLinkVersion") else None
+    jmajor, jminor = ctypes.c_uint(), ctypes.c_uint()
+    if jit is not None:
+        jit(ctypes.byref(jmajor), ctypes.byref(jminor))
+    return f"nvrtc {major.value}.{minor.value} nvjitlink {jmajor.value}.{jminor.value}".encode()
+
+
+def linked_hook(hook_source: str, arch: str, kernels: Sequence[Tuple[str, bytes]]) -> Tuple[bytes, bool]:
+    """(cubin, from_cache): hook_source (a _score_mod_codegen source) compiled and linked with the
+    kernels' LTO-IR modules [(name, bytes)] for arch, through the disk cache. The key covers the
+    hook's source, every kernel module's bytes, the architecture and the tool versions; an entry is
+    written whole (a temporary file renamed) and checked against its own digest when read, so a
+    crashed or concurrent writer never leaves a half file that is trusted."""
+    key = hashlib.sha256()
+    for part in (_CACHE_VERSION, _versions(), arch.encode(), hook_source.encode()):
+        key.update(len(part).to_bytes(8, "little") + part)
+    for name, data in kernels:
+        key.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    digest = key.hexdigest()
+    folder = cache_dir()
+    path = os.path.join(folder, f"{digest}.cubin")
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+        stored, cubin = blob[:32], blob[32:]
+        if hashlib.sha256(cubin).digest() == stored:
+            return cubin, True
+    except OSError:
+        pass
+    hook = compile_ltoir(_HOOK_PREFIX + hook_source, arch, "score_mod_hook.cu")
+    cubin = link_cubin(arch, [data for _, data in kernels] + [hook])
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(hashlib.sha256(cubin).digest() + cubin)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache directory: the module is still linked, only not kept
+    return cubin, False

@@ -52,7 +52,8 @@ def _harness(functions, device: bool) -> str:
   FlexModTensor ts[16];
   for (int i = 0; i < ntensors; ++i) {{
     ts[i].data = data[i];
-    for (int d = 0; d < {MAX_DIMS}; ++d) ts[i].stride[d] = strides[i * {MAX_DIMS} + d], ts[i].size[d] = sizes[i * {MAX_DIMS} + d];
+    for (int d = 0; d < {MAX_DIMS}; ++d)
+      ts[i].stride[d] = strides[i * {MAX_DIMS} + d], ts[i].size[d] = sizes[i * {MAX_DIMS} + d];
     ts[i].dtype = dtypes[i];
   }}
   float dgl[64];
@@ -60,16 +61,23 @@ def _harness(functions, device: bool) -> str:
         element = f"""
     out[j] = case{i}::flashflex_score_mod(score[j], b[j], h[j], q[j], kv[j], ts, &dscore[j], dgl, offl);
     for (int g = 0; g < k; ++g) dg[j * k + g] = dgl[g], goff[j * k + g] = offl[g];"""
-        params = """int64_t n, const float* score, const int32_t* b, const int32_t* h, const int32_t* q, const int32_t* kv,
-    const void* const* data, const int64_t* strides, const int64_t* sizes, const int32_t* dtypes, int32_t ntensors,
+        params = """int64_t n, const float* score, const int32_t* b, const int32_t* h, const int32_t* q,
+    const int32_t* kv, const void* const* data, const int64_t* strides, const int64_t* sizes,
+    const int32_t* dtypes, int32_t ntensors,
     float* out, float* dscore, float* dg, int64_t* goff, int32_t k"""
         if not device:
-            parts.append(f'extern "C" void run_{i}({params}) {{{body}\n  for (int64_t j = 0; j < n; ++j) {{{element}\n  }}\n}}\n')
+            loop = f"\n  for (int64_t j = 0; j < n; ++j) {{{element}\n  }}\n"
+            parts.append(f'extern "C" void run_{i}({params}) {{{body}{loop}}}\n')
             continue
         # Device: the descriptors' arrays (data, strides, sizes, dtypes) come from host memory and
         # travel by value in a struct; element arrays are device pointers.
         parts.append(f"""
-struct Args{i} {{ const void* data[16]; int64_t strides[16 * {MAX_DIMS}]; int64_t sizes[16 * {MAX_DIMS}]; int32_t dtypes[16]; }};
+struct Args{i} {{
+  const void* data[16];
+  int64_t strides[16 * {MAX_DIMS}];
+  int64_t sizes[16 * {MAX_DIMS}];
+  int32_t dtypes[16];
+}};
 __global__ void kernel_{i}(Args{i} args, int64_t n, const float* score, const int32_t* b, const int32_t* h,
                           const int32_t* q, const int32_t* kv, int32_t ntensors, float* out, float* dscore, float* dg,
                           int64_t* goff, int32_t k) {{

@@ -115,3 +115,44 @@ class _LinkedModules:
 def test_linked_hooks_on_the_gpu(gen):
     torch.zeros(1, device="cuda")  # the primary context, current on this thread
     _check_all(gen, lambda functions: _LinkedModules(_cubins(functions, _arch())), "cuda")
+
+
+def _hook_and_caller(gen):
+    mod = next(iter(_cases(gen).values()))[1]
+    return generate(capture(mod)).source, [("caller", link.compile_ltoir(CALLER, "sm_90a", "caller.cu"))]
+
+
+def test_linked_modules_are_cached_on_disk(gen, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHFLEX_CACHE_DIR", str(tmp_path))
+    source, kernels = _hook_and_caller(gen)
+    first, cached = link.linked_hook(source, "sm_90a", kernels)
+    assert not cached and first[:4] == b"\x7fELF"
+    again, cached = link.linked_hook(source, "sm_90a", kernels)
+    assert cached and again == first
+    # Another hook, another kernel module or another architecture: another entry.
+    assert not link.linked_hook(source + "// another hook\n", "sm_90a", kernels)[1]
+    another = CALLER + 'extern "C" __global__ void another_kernel() {}\n'
+    other = [("caller", link.compile_ltoir(another, "sm_90a", "another_caller.cu"))]
+    assert not link.linked_hook(source, "sm_90a", other)[1]
+    assert not link.linked_hook(source, "sm_80", [("caller", link.compile_ltoir(CALLER, "sm_80", "c.cu"))])[1]
+    assert len(list(tmp_path.glob("*.cubin"))) == 4 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_damaged_cache_entry_is_linked_again(gen, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHFLEX_CACHE_DIR", str(tmp_path))
+    source, kernels = _hook_and_caller(gen)
+    first, _ = link.linked_hook(source, "sm_90a", kernels)
+    (entry,) = tmp_path.glob("*.cubin")
+    entry.write_bytes(entry.read_bytes()[:-100])  # a writer that died half way
+    again, cached = link.linked_hook(source, "sm_90a", kernels)
+    assert not cached and again == first
+    assert link.linked_hook(source, "sm_90a", kernels) == (first, True)
+
+
+def test_an_unwritable_cache_still_links(gen, tmp_path, monkeypatch):
+    target = tmp_path / "file"
+    target.write_text("")
+    monkeypatch.setenv("FLASHFLEX_CACHE_DIR", str(target / "below_a_file"))
+    source, kernels = _hook_and_caller(gen)
+    cubin, cached = link.linked_hook(source, "sm_90a", kernels)
+    assert not cached and cubin[:4] == b"\x7fELF"
