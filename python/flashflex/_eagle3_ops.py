@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -111,7 +112,8 @@ def eagle3_attention(q: Tensor, k_blocks: List[Tensor], v_blocks: List[Tensor], 
     """(out, lse) of checked arguments, differentiable in q and every block (and through lse)."""
     if torch.compiler.is_compiling():
         return eagle3_forward(q, k_blocks, v_blocks, seq_lengths, scale, deterministic, backend)
-    if not torch.is_grad_enabled():
+    # Inside a forward-AD dual level the Function runs (it raises for dual inputs: no jvp).
+    if not torch.is_grad_enabled() and _forward_ad._current_level < 0:
         return _forward(q, k_blocks, v_blocks, seq_lengths, scale, backend)
     return _Eagle3Attention.apply(q, seq_lengths, scale, deterministic, backend, len(k_blocks), *k_blocks, *v_blocks)
 

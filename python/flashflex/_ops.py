@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -129,9 +130,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], scale
     """(out, lse) of checked arguments, differentiable in q, k, v and the score mod's tensor."""
     if torch.compiler.is_compiling():
         return attention_forward(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, deterministic, backend)
-    if not torch.is_grad_enabled() or not (q.requires_grad or k.requires_grad or v.requires_grad or (
-            mod_tensor is not None and mod_tensor.requires_grad)):
-        # Nothing to differentiate: the forward alone (autograd.Function.apply costs ~10 us of host).
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
+        mod_tensor is not None and mod_tensor.requires_grad))
+    # Nothing to differentiate: the forward alone (autograd.Function.apply costs ~10 us of host).
+    # Inside a forward-AD dual level (grad mode or not) the Function runs, so that dual inputs raise
+    # (it has no jvp) rather than lose their tangents.
+    if not needs_grad and _forward_ad._current_level < 0:
         return _forward(q, k, v, mask_tensors, scale, mod_kind, cap, mod_tensor, backend)
     return _Attention.apply(q, k, v, mod_tensor, scale, mod_kind, cap, deterministic, backend, *mask_tensors)
 

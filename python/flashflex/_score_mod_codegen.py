@@ -8,7 +8,8 @@ its derivative with respect to the score and to each gathered element.
 Values computed from captured tensors and constants alone (no score, no index) are not compiled:
 `Generated.inputs` evaluates them in torch (differentiably) and the function reads them as
 captured tensors, like the graph's own. Arithmetic is float32 (the kernels' and torch flex's);
-integers are int64; a gather whose index is out of range reads NaN (no fault, nothing silent).
+integers are int64; a gather whose index is out of range, or an integer division by zero, makes
+the result NaN (no fault, nothing silent).
 
 The source is plain C++ with FLASHFLEX_MOD_FN before each function (define it as __device__ for
 NVRTC; empty for a host compiler): expf, tanhf, ... exist in both.
@@ -111,16 +112,30 @@ FLASHFLEX_MOD_FN int64_t flexmod_wrap(int64_t i, int64_t size) {
   return i >= 0 && i < size ? i : -1;
 }
 FLASHFLEX_MOD_FN int64_t flexmod_floordiv(int64_t a, int64_t b) {
+  if (b == 0) return 0;  // the caller marks the result bad (NaN)
   const int64_t q = a / b;
   return (a %% b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
+FLASHFLEX_MOD_FN int64_t flexmod_truncdiv(int64_t a, int64_t b) { return b == 0 ? 0 : a / b; }
 FLASHFLEX_MOD_FN int64_t flexmod_mod(int64_t a, int64_t b) {
+  if (b == 0) return 0;
   const int64_t r = a %% b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
 FLASHFLEX_MOD_FN float flexmod_fmod(float a, float b) {
   const float r = fmodf(a, b);
   return (r != 0.f && ((r < 0.f) != (b < 0.f))) ? r + b : r;
+}
+// torch's floor division of floats (div_floor_floating): through fmod, so that 1 // 0.1 is 9.
+FLASHFLEX_MOD_FN float flexmod_floordiv_float(float a, float b) {
+  if (b == 0.f) return a / b;
+  const float mod = fmodf(a, b);
+  float div = (a - mod) / b;
+  if (mod != 0.f && ((b < 0.f) != (mod < 0.f))) div -= 1.f;
+  if (div == 0.f) return copysignf(0.f, a / b);
+  float floordiv = floorf(div);
+  if (div - floordiv > 0.5f) floordiv += 1.f;
+  return floordiv;
 }
 """
 
@@ -221,6 +236,7 @@ class _Emitter:
         self.gather_offsets: List[str] = []
         self.counter = 0
         self.varying: set = set()
+        self.bad: List[str] = []  # conditions that make the result NaN (out-of-range gather, x / 0 in integers)
 
     def fresh(self, stem: str = "v") -> str:
         self.counter += 1
@@ -266,6 +282,7 @@ class _Emitter:
             wrapped = self.local("int", f"flexmod_wrap({self.as_int(index)}, tensors[{t}].size[{d}])", "i")
             step = f"{offset} + {wrapped} * tensors[{t}].stride[{d}]"
             self.emit(f"{offset} = ({offset} < 0 || {wrapped} < 0) ? -1 : {step};")
+        self.bad.append(f"{offset} < 0")
         dtype = value.dtype if isinstance(value, torch.Tensor) else torch.float32
         kind = _kind_of(dtype)
         if kind == "float":
@@ -349,7 +366,8 @@ class _Emitter:
         if name in binary:
             x, y = (a[1], a[0]) if name == "rsub" else (a[0], a[1])
             name = "sub" if name == "rsub" else name
-            alpha = node.kwargs.get("alpha", 1)
+            alpha = node.kwargs.get("alpha", args[2] if len(args) > 2 and not isinstance(args[2], torch.fx.Node)
+                                    else 1)
             if kind == "float":
                 xs, ys = self.as_float(x), self.as_float(y)
                 if alpha != 1:
@@ -373,20 +391,28 @@ class _Emitter:
                 d = self.combine([(f"1.f / {ys}", x), (f"-{v} / {ys}", y)])
                 return _Value(v, "float", d)
             if kind == "int":
-                fn = "flexmod_floordiv" if mode == "floor" else ""
-                expr = f"{fn}({self.as_int(x)}, {self.as_int(y)})" if fn else f"{self.as_int(x)} / {self.as_int(y)}"
-                return _Value(self.local("int", expr), "int")
-            fn = "floorf" if mode == "floor" else "truncf"
-            return _Value(self.local("float", f"{fn}({self.as_float(x)} / {self.as_float(y)})"), "float")
+                self.bad.append(f"{self.as_int(y)} == 0")
+                fn = "flexmod_floordiv" if mode == "floor" else "flexmod_truncdiv"
+                return _Value(self.local("int", f"{fn}({self.as_int(x)}, {self.as_int(y)})"), "int")
+            if mode == "floor":
+                return _Value(self.local("float", f"flexmod_floordiv_float({self.as_float(x)}, {self.as_float(y)})"),
+                              "float")
+            return _Value(self.local("float", f"truncf({self.as_float(x)} / {self.as_float(y)})"), "float")
         if name == "floor_divide":
             if kind == "int":
+                self.bad.append(f"{self.as_int(a[1])} == 0")
                 return _Value(self.local("int", f"flexmod_floordiv({self.as_int(a[0])}, {self.as_int(a[1])})"), "int")
-            return _Value(self.local("float", f"floorf({self.as_float(a[0])} / {self.as_float(a[1])})"), "float")
+            return _Value(self.local("float", f"flexmod_floordiv_float({self.as_float(a[0])}, {self.as_float(a[1])})"),
+                          "float")
         if name == "remainder":
             if kind == "int":
+                self.bad.append(f"{self.as_int(a[1])} == 0")
                 return _Value(self.local("int", f"flexmod_mod({self.as_int(a[0])}, {self.as_int(a[1])})"), "int")
-            v = self.local("float", f"flexmod_fmod({self.as_float(a[0])}, {self.as_float(a[1])})")
-            return _Value(v, "float", self.scaled("1.f", a[0]))
+            xs, ys = self.as_float(a[0]), self.as_float(a[1])
+            v = self.local("float", f"flexmod_fmod({xs}, {ys})")
+            # a - b * floor(a / b): d/da = 1, d/db = -floor(a / b)
+            d = self.combine([("1.f", a[0]), (f"-flexmod_floordiv_float({xs}, {ys})", a[1])])
+            return _Value(v, "float", d)
         unary = {
             "neg": ("-{x}", "-1.f"),
             "exp": ("expf({x})", "{v}"),
@@ -423,11 +449,14 @@ class _Emitter:
             return _Value(self.local("int", f"-{self.as_int(a[0])}"), "int")
         if name == "pow":
             x, y = a[0], a[1]
-            if isinstance(args[1], torch.fx.Node) and args[1] in self.varying:
-                raise TypeError("score_mod: generated code supports pow with a constant exponent only")
+            if kind != "float":
+                raise TypeError("score_mod: generated code computes pow in floating point only (an integer pow)")
             xs, ys = self.as_float(x), self.as_float(y)
             v = self.local("float", f"powf({xs}, {ys})")
-            return _Value(v, "float", self.scaled(f"{ys} * powf({xs}, {ys} - 1.f)", x))
+            # d/dx = y x^(y-1) (0 for y = 0, as torch); d/dy = x^y log x (0 where x^y is 0)
+            d = self.combine([(f"({ys} == 0.f ? 0.f : {ys} * powf({xs}, {ys} - 1.f))", x),
+                              (f"({v} == 0.f ? 0.f : {v} * logf({xs}))", y)])
+            return _Value(v, "float", d)
         if name in ("minimum", "maximum", "clamp", "clamp_min", "clamp_max"):
             return self.min_max(name, node, a, kind)
         if name == "where":
@@ -487,16 +516,29 @@ class _Emitter:
                 expr = f"({expr} > {hi} ? {hi} : {expr})"
             return _Value(self.local("int", expr), "int")
         xs = self.as_float(x)
-        expr, inside = xs, []
+        expr, inside, bounds = xs, [], []
         if low is not None:
-            lo = self.as_float(self.operand(low))
+            lo_v = self.operand(low)
+            lo = self.as_float(lo_v)
             expr, inside = f"fmaxf({expr}, {lo})", inside + [f"{xs} >= {lo}"]
+            bounds.append((f"{xs} < {lo}", lo_v))
         if high is not None:
-            hi = self.as_float(self.operand(high))
+            hi_v = self.operand(high)
+            hi = self.as_float(hi_v)
             expr, inside = f"fminf({expr}, {hi})", inside + [f"{xs} <= {hi}"]
+            bounds.append((f"{xs} > {hi}", hi_v))
         v = self.local("float", f"{xs} != {xs} ? {xs} : {expr}")
         cond = " && ".join(inside) or "true"
-        return _Value(v, "float", {c: self.local("float", f"({cond}) ? {d} : 0.f", "d") for c, d in x.deriv.items()})
+        # The gradient goes to x inside the bounds, to the bound that clamps otherwise (torch).
+        comps = set(x.deriv).union(*(b.deriv for _, b in bounds))
+        d = {}
+        for c in comps:
+            term = f"({cond}) ? {x.deriv.get(c, '0.f')} : 0.f"
+            for clamped, b in bounds:
+                if c in b.deriv:
+                    term = f"({clamped}) ? {b.deriv[c]} : ({term})"
+            d[c] = self.local("float", term, "d")
+        return _Value(v, "float", d)
 
 
 def generate(graph: ScoreModGraph) -> Generated:
@@ -523,6 +565,8 @@ def generate(graph: ScoreModGraph) -> Generated:
     for k, offset in enumerate(e.gather_offsets):
         tail.append(f"  d_gathered[{k}] = {value.deriv.get(1 + k, '0.f')};")
         tail.append(f"  gathered_offset[{k}] = {offset};")
+    if e.bad:
+        tail.append(f"  if ({' || '.join(e.bad)}) return FLEXMOD_NAN;")
     tail.append(f"  return {e.as_float(value)};")
     unused = "  (void)b; (void)h; (void)q_idx; (void)kv_idx; (void)tensors; (void)d_gathered; (void)gathered_offset;"
     function = (

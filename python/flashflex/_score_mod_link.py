@@ -190,12 +190,16 @@ def linked_hook(hook_source: str, arch: str, kernels: Sequence[Tuple[str, bytes]
         pass
     hook = compile_ltoir(_HOOK_PREFIX + hook_source, arch, "score_mod_hook.cu")
     cubin = link_cubin(arch, [data for _, data in kernels] + [hook])
+    tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(hashlib.sha256(cubin).digest() + cubin)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache's entries from other users
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache directory: the module is still linked, only not kept
+        # a read-only or full cache directory: the module is still linked, only not kept
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return cubin, False

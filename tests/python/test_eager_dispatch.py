@@ -87,6 +87,22 @@ def test_no_grad_and_frozen_inputs_skip_autograd():
     assert flashflex.flex_attention(*frozen, block_mask=mask, enable_gqa=True).grad_fn is None
 
 
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_forward_mode_ad_raises_rather_than_dropping_tangents(grad_mode):
+    # Dual tensors do not require grad: a call that skipped the Function for them would return
+    # an output without a tangent, silently.
+    import torch.autograd.forward_ad as fwAD
+    q, k, v, mask, _, _ = _inputs("none")
+    q, k, v = (t.detach() for t in (q, k, v))
+    with fwAD.dual_level(), torch.set_grad_enabled(grad_mode):
+        dual_q = fwAD.make_dual(q, torch.randn_like(q))
+        with pytest.raises(RuntimeError, match="jvp"):
+            flashflex.flex_attention(dual_q, k, v, block_mask=mask, enable_gqa=True)
+        q0, k0, v0 = (randn(torch.Generator().manual_seed(1), 1, 2, 40, 64) for _ in range(3))
+        with pytest.raises(RuntimeError, match="jvp"):
+            flashflex.eagle3.ttt_attention(fwAD.make_dual(q0, torch.randn_like(q0)), [k0], [v0])
+
+
 def test_second_order_gradients_raise():
     # The native backward is not differentiable: create_graph=True must not hand out gradients
     # whose own gradient would silently be zero (the custom ops raised here too).

@@ -38,6 +38,12 @@ EXTRA = {  # name: (captured tensors {name: (tensor, requires_grad)}, builder)
     "pow_sin_erf": ({}, lambda T: lambda s, b, h, q, kv: torch.pow(torch.sin(s), 2) + torch.erf(s * 0.3)),
     "computed_constant": ({"w": (torch.randn(HQ), True)}, lambda T: lambda s, b, h, q, kv: s * torch.softmax(
         T["w"], 0)[h]),
+    "rsub_alpha": ({}, lambda T: lambda s, b, h, q, kv: torch.rsub(s, 1.0, alpha=3)),
+    "remainder_by_the_score": ({}, lambda T: lambda s, b, h, q, kv: torch.remainder(q.float(), s.abs() + 3)),
+    "clamp_learnable_bounds": ({"lo": (torch.rand(HQ) - 2, True), "hi": (torch.rand(HQ) + 1, True)},
+                               lambda T: lambda s, b, h, q, kv: torch.clamp(s, min=T["lo"][h], max=T["hi"][h])),
+    "pow_learnable_exponent": ({"w": (torch.rand(HQ) + 0.5, True)},
+                               lambda T: lambda s, b, h, q, kv: torch.pow(s.abs() + 0.5, T["w"][h])),
 }
 
 
@@ -243,3 +249,34 @@ def test_unsupported_operation_names_itself():
     g = capture(lambda s, b, h, q, kv: torch.special.i0(s))
     with pytest.raises(TypeError, match="i0"):
         generate(g)
+
+
+def _host_values(mod, score, idx):
+    """The generated function of mod on the host at the given scores, every index = idx."""
+    code = generate(capture(mod))
+    lib = _compile([code])
+    n = score.numel()
+    flat = [torch.as_tensor(i, dtype=torch.int32).expand(n).contiguous() for i in idx]
+    held = [t.detach().contiguous() for t in code.inputs()]
+    return _run(lib, 0, code, score.contiguous(), flat, held, "cpu")[0]
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no host C++ compiler")
+def test_float_floor_division_as_torch():
+    score = torch.tensor([1.0, -1.0, 0.3, 2.5, -2.5, 7.0, 0.0, -0.0, 1e-3])
+    got = _host_values(lambda s, b, h, q, kv: torch.floor_divide(s, 0.1) + s // -0.7, score, (0, 0, 0, 0))
+    want = torch.floor_divide(score, 0.1) + score // -0.7
+    assert torch.equal(got, want), (got, want)
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no host C++ compiler")
+def test_out_of_range_gathers_and_integer_division_by_zero_give_nan():
+    table = torch.randn(3)
+    ids = torch.tensor([0, 0, 1], dtype=torch.int64)
+    score = torch.full((5,), 0.5)
+    for q in (0, 2, -3):  # in range, negative ones from the end
+        assert torch.isfinite(_host_values(lambda s, b, h, qq, kv: s + table[qq], score, (0, 0, q, 0))).all()
+    for mod in (lambda s, b, h, q, kv: s + table[q],                       # a float gather
+                lambda s, b, h, q, kv: torch.where(ids[q] == ids[kv], s, -s),  # an integer gather
+                lambda s, b, h, q, kv: s + (kv // (q - 3)).float()):          # integer x / 0
+        assert torch.isnan(_host_values(mod, score, (0, 0, 3, 1))).all()
