@@ -19,8 +19,9 @@
 // counter only when kFwdTileSlots launches lie between them. Replays of one CUDA graph run one
 // after the other, but a captured launch keeps its slot for every replay: an eager launch (or
 // another graph's) that takes the same slot while a replay runs on another stream would share
-// it and compute wrong tiles. Not guarded yet: that needs a counter per launch (allocated and
-// zeroed on the stream), which costs a memset per call.
+// it and compute wrong tiles; so would two streams where one kernel still runs while the other
+// has queued 64 launches. Not guarded yet: that needs a counter per launch (allocated and zeroed
+// on the stream), which costs a memset per call.
 //
 // Inside a CTA one thread of the producer warpgroup fetches each tile index, decodes it and
 // publishes it through a two-slot channel in shared memory (pipeline_fwd.cuh: tile_full /
