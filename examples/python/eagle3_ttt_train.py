@@ -89,7 +89,7 @@ class ReferenceEagle3Attention(Eagle3Attention):
         return torch.where(valid[:, None], out, torch.zeros_like(out))
 
 
-_COMPILED_FLEX = {}
+_COMPILED_FLEX = []  # torch.compile(flex_attention), made on first use
 
 
 def flex_attend(q, key, value, mask_mod, kernel: str = "eager"):
@@ -105,10 +105,10 @@ def flex_attend(q, key, value, mask_mod, kernel: str = "eager"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
             return flex_attention(q, key, value, block_mask=block_mask, enable_gqa=gqa)
-    if kernel not in _COMPILED_FLEX:
-        _COMPILED_FLEX[kernel] = torch.compile(flex_attention, dynamic=False)
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention, dynamic=False))
     options = {"BACKEND": "FLASH"} if kernel == "flash" else None
-    return _COMPILED_FLEX[kernel](q, key, value, block_mask=block_mask, enable_gqa=gqa, kernel_options=options)
+    return _COMPILED_FLEX[0](q, key, value, block_mask=block_mask, enable_gqa=gqa, kernel_options=options)
 
 
 class TinyDraft(nn.Module):

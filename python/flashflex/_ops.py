@@ -1,7 +1,8 @@
 """The attention calls over the native core, in two forms with one implementation (_forward /
 _backward below), as _eagle3_ops.py:
 
-  eager       attention: an autograd.Function (or, without grad, the forward alone), the cheapest
+  eager       attention: an autograd.Function (or, with nothing to differentiate, the forward
+              alone), the cheapest
               dispatch torch offers from Python (through the custom ops an eager call took
               0.2-0.4 ms more host time, bench/NOTES.md);
   compiled    torch.library custom ops flashflex::fwd / flashflex::bwd with fake implementations

@@ -8,6 +8,7 @@ bytes. Errors carry the compiler's or linker's log."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import hashlib
 import os
@@ -154,15 +155,13 @@ def cache_dir() -> str:
     return os.path.join(base, "flashflex", "score_mods")
 
 
+@functools.lru_cache(maxsize=None)
 def _versions() -> bytes:
     """The compiler and linker versions: a newer one may link differently."""
-    nvrtc = _load("nvrtc")
     major, minor = ctypes.c_int(), ctypes.c_int()
-    nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    jit = _jitlink("nvJitLinkVersion") if hasattr(_load("nvJitLink"), "nvJitLinkVersion") else None
+    _load("nvrtc").nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
     jmajor, jminor = ctypes.c_uint(), ctypes.c_uint()
-    if jit is not None:
-        jit(ctypes.byref(jmajor), ctypes.byref(jminor))
+    _jitlink("nvJitLinkVersion")(ctypes.byref(jmajor), ctypes.byref(jminor))
     return f"nvrtc {major.value}.{minor.value} nvjitlink {jmajor.value}.{jminor.value}".encode()
 
 

@@ -1,7 +1,8 @@
 // Definition of the sm_90a forward launchers (declared in launch_fwd.hpp): checks what TMA needs,
 // raises the kernel's shared-memory limit once per device (device_info.hpp), encodes the tensor
 // maps of Q, K and V (tma_map.hpp) and launches kernel_fwd.cuh's kernel on a persistent grid of
-// min(#SMs, tiles) CTAs with the next of its tile counters. Included only by the instantiation files sm90/fwd_*.cu.
+// min(#SMs, tiles) CTAs with the next of its tile counters. Included only by the instantiation
+// files sm90/fwd_*.cu.
 #pragma once
 
 #include <cuda.h>

@@ -1,8 +1,8 @@
 // The data movement and the two products of the sm_90 forward:
 //   ProducerFwd::run   one thread: for every tile of this CTA (tile_scheduler_fwd.cuh), Q once,
-//                      then per kv step K (with a
-//                      partial step's bitmap) and V, V one step behind K (the consumers need
-//                      K_j before V_{j-1}); each load waits for its stage's empty barrier
+//                      then per kv step K (with a partial step's bitmap) and V, V one step
+//                      behind K (the consumers need K_j before V_{j-1}); each load waits for
+//                      its stage's empty barrier
 //   gemm_qk            S = Q K^T, SS wgmma over the head dim (K-major A and B)
 //   gemm_pv            O += P V, RS wgmma: P from registers, V N-major (transposed B)
 //   pack_p             S fp32 accumulators -> P as 16-bit A fragments (no shared memory)
