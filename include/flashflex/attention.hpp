@@ -52,7 +52,11 @@ struct BackwardArgs {
   Backend backend = Backend::kAuto;
 };
 
-// Caller-owned scratch memory on the tensors' device, at least workspace_size() bytes.
+// Caller-owned scratch memory on the tensors' device, at least workspace_size() bytes. The
+// backward on CUDA needs it. The forward on CUDA uses it for the Hopper kernels' dynamic tile
+// order (a counter zeroed on the stream: calls on several streams, or beside CUDA-graph replays,
+// never share one); an empty workspace gives those kernels a static order, slower on document
+// masks.
 struct Workspace {
   void* data = nullptr;
   std::size_t size = 0;

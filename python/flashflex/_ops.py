@@ -52,8 +52,12 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], scale:
              cap: float, mod_tensor: Optional[Tensor], backend: int) -> Tuple[Tensor, Tensor]:
     out = _empty_out(q)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-    _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale,
-               _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), backend, stream_of(q))
+    args = (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale,
+            _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), backend)
+    # The Hopper kernels' tile counter: one per call, so concurrent calls (streams, graph replays) never share it.
+    workspace_bytes = _C.forward_workspace_size(*args)
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
+    _C.forward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
     return out, lse
 
 

@@ -71,9 +71,12 @@ ff::BlockMask to_mask(const MaskTuple& t) {
   return m;
 }
 
-void forward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, const TensorTuple& out,
-             const std::optional<TensorTuple>& lse, std::optional<double> scale, const ModTuple& mod,
-             const std::optional<MaskTuple>& mask, int backend, std::uintptr_t stream) {
+// The forward's arguments, shared by forward() and forward_workspace_size(). `mask` is the
+// caller's storage for the block-mask view that a.block_mask points into.
+ff::ForwardArgs forward_args(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, const TensorTuple& out,
+                             const std::optional<TensorTuple>& lse, std::optional<double> scale, const ModTuple& mod,
+                             const std::optional<MaskTuple>& mask_tuple, int backend,
+                             std::optional<ff::BlockMask>& mask) {
   ff::ForwardArgs a;
   a.q = to_ref(q);
   a.k = to_ref(k);
@@ -82,12 +85,28 @@ void forward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, c
   a.lse = to_ref(lse);
   a.scale = scale;
   a.score_mod = to_mod(mod);
-  std::optional<ff::BlockMask> m;
-  if (mask) m = to_mask(*mask);
-  a.block_mask = m ? &*m : nullptr;
+  if (mask_tuple) mask = to_mask(*mask_tuple);
+  a.block_mask = mask ? &*mask : nullptr;
   a.backend = flashflex::binding::to_backend(backend);
+  return a;
+}
+
+std::size_t forward_workspace_size(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v,
+                                   const TensorTuple& out, const std::optional<TensorTuple>& lse,
+                                   std::optional<double> scale, const ModTuple& mod,
+                                   const std::optional<MaskTuple>& mask_tuple, int backend) {
+  std::optional<ff::BlockMask> mask;
+  return ff::workspace_size(forward_args(q, k, v, out, lse, scale, mod, mask_tuple, backend, mask));
+}
+
+void forward(const TensorTuple& q, const TensorTuple& k, const TensorTuple& v, const TensorTuple& out,
+             const std::optional<TensorTuple>& lse, std::optional<double> scale, const ModTuple& mod,
+             const std::optional<MaskTuple>& mask_tuple, int backend, std::uintptr_t workspace,
+             std::size_t workspace_bytes, std::uintptr_t stream) {
+  std::optional<ff::BlockMask> mask;
+  const ff::ForwardArgs a = forward_args(q, k, v, out, lse, scale, mod, mask_tuple, backend, mask);
   py::gil_scoped_release release;
-  ff::forward(a, {}, reinterpret_cast<void*>(stream));
+  ff::forward(a, ff::Workspace{reinterpret_cast<void*>(workspace), workspace_bytes}, reinterpret_cast<void*>(stream));
 }
 
 // The backward's arguments, shared by backward() and backward_workspace_size(). `mask` is the
@@ -197,7 +216,10 @@ PYBIND11_MODULE(_C, mod) {
                                   py::arg("SM80") = static_cast<int>(ff::Backend::kSm80),
                                   py::arg("SM90") = static_cast<int>(ff::Backend::kSm90));
   mod.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
-          py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("backend"), py::arg("stream"));
+          py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("backend"), py::arg("workspace"),
+          py::arg("workspace_bytes"), py::arg("stream"));
+  mod.def("forward_workspace_size", &forward_workspace_size, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+          py::arg("lse"), py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("backend"));
   mod.def("backward", &backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("dout"),
           py::arg("lse"), py::arg("dlse"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dbias"),
           py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"), py::arg("deterministic"),

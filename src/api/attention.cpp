@@ -21,7 +21,10 @@ const std::vector<int>& supported_head_dims() {
 bool has_cuda_backend() { return FLASHFLEX_WITH_CUDA != 0; }
 
 std::size_t workspace_size(const ForwardArgs& args) {
-  detail::validate_forward(args);
+  [[maybe_unused]] const detail::AttentionShape s = detail::validate_forward(args);
+#if FLASHFLEX_WITH_CUDA
+  if (s.device.type == DeviceType::kCuda) return cuda::forward_workspace_size();
+#endif
   return 0;  // the CPU reference allocates its own float64 scratch
 }
 
@@ -34,11 +37,11 @@ std::size_t workspace_size(const BackwardArgs& args) {
   return 0;
 }
 
-void forward(const ForwardArgs& args, Workspace /*workspace*/, [[maybe_unused]] void* stream) {
+void forward(const ForwardArgs& args, [[maybe_unused]] Workspace workspace, [[maybe_unused]] void* stream) {
   const detail::AttentionShape s = detail::validate_forward(args);
   const double scale = detail::resolve_scale(args.scale, s.head_dim);
   detail::on_device(s.device, [&] { cpu::reference_forward(args, scale); },
-                    FLASHFLEX_CUDA_CALL(cuda::forward(args, scale, stream)));
+                    FLASHFLEX_CUDA_CALL(cuda::forward(args, scale, workspace, stream)));
 }
 
 void backward(const BackwardArgs& args, [[maybe_unused]] Workspace workspace, [[maybe_unused]] void* stream) {

@@ -2,7 +2,7 @@
 // reference, CUDA tensors to the CUDA backend, which builds without CUDA do not have:
 //
 //   on_device(s.device, [&] { cpu::reference_forward(args, scale); },
-//             FLASHFLEX_CUDA_CALL(cuda::forward(args, scale, stream)));
+//             FLASHFLEX_CUDA_CALL(cuda::forward(args, scale, workspace, stream)));
 //
 // FLASHFLEX_CUDA_CALL(expr) is a callable evaluating expr in CUDA builds, and one that throws
 // "this build has no CUDA kernels" otherwise (expr is then never compiled).

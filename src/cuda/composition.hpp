@@ -19,8 +19,8 @@
 namespace flashflex::cuda {
 
 // `row_local` (EAGLE3): diagonal keys folded in and rows past the valid length empty; 16-bit
-// dtypes without a score mod only.
-void forward(const ForwardArgs& args, double scale, void* stream, const RowLocalKeys* row_local);
+// dtypes without a score mod only. `workspace` as launch.hpp's forward.
+void forward(const ForwardArgs& args, double scale, Workspace workspace, void* stream, const RowLocalKeys* row_local);
 
 using LaunchBwd = void (*)(const BwdParams&, void*);
 

@@ -176,14 +176,17 @@ void build_eagle3_causal_mask(const Eagle3CausalMask& mask, void* stream) {
   build_device_block_mask(causal_mask(), plan, const_cast<void*>(mask.data), mask.device.index, stream);
 }
 
+// The forward's workspace: the mask's bytes (if built here), then the forward's own (tile counter).
 std::size_t eagle3_forward_workspace_size(const Eagle3ForwardArgs& args) {
-  return mask_bytes(args.causal_mask, mask_plan(args.q));
+  return mask_bytes(args.causal_mask, mask_plan(args.q)) + align_up(forward_workspace_size());
 }
 
 void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace workspace, void* stream) {
   check_blocks("EAGLE3 forward", args.q, args.k_blocks, args.v_blocks);
   const DeviceBlockMaskPlan plan = mask_plan(args.q);
-  check_workspace(workspace, mask_bytes(args.causal_mask, plan));
+  const std::size_t mask_ws = mask_bytes(args.causal_mask, plan);
+  check_workspace(workspace, mask_ws + align_up(forward_workspace_size()));
+  const Workspace fwd_workspace{static_cast<unsigned char*>(workspace.data) + mask_ws, workspace.size - mask_ws};
   const RowLocalKeys keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
 
   DeviceGuard guard(args.q.device.index);
@@ -196,7 +199,7 @@ void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace works
   f.lse = args.lse;
   f.block_mask = &mask;
   f.backend = args.backend;
-  forward(f, scale, stream, &keys);
+  forward(f, scale, fwd_workspace, stream, &keys);
 }
 
 std::size_t eagle3_backward_workspace_size(const Eagle3BackwardArgs& args) { return backward_layout(args).total; }

@@ -6,6 +6,10 @@
 // Error kUnsupported before any launch) runs on the sm80 kernel.
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
+#include "api/message.hpp"
+
 #include "cuda/composition.hpp"
 #include "cuda/device_info.hpp"
 #include "cuda/kernel_table.hpp"
@@ -55,11 +59,28 @@ constexpr auto kFwdKernels = join(arch_rows<Arch::kSm80>(), arch_rows<Arch::kSm9
 constexpr auto kFwdKernels = arch_rows<Arch::kSm80>();
 #endif
 
+// The workspace's tile counter (launch.hpp): null for an empty workspace.
+unsigned* tile_counter(const Workspace& workspace) {
+  if (workspace.data == nullptr && workspace.size == 0) return nullptr;
+  if (workspace.data == nullptr || workspace.size < forward_workspace_size()) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("workspace: expected at least ", forward_workspace_size(),
+                                          " bytes on the tensors' device (workspace_size), got ", workspace.size,
+                                          workspace.data == nullptr ? " at a null pointer" : ""));
+  }
+  if (reinterpret_cast<std::uintptr_t>(workspace.data) % 16 != 0) {
+    throw Error(ErrorKind::kInvalidArgument, "workspace: expected a 16-byte aligned pointer (CUDA allocations are)");
+  }
+  return static_cast<unsigned*>(workspace.data);
+}
+
 }  // namespace
 
-void forward(const ForwardArgs& args, double scale, void* stream) { forward(args, scale, stream, nullptr); }
+void forward(const ForwardArgs& args, double scale, Workspace workspace, void* stream) {
+  forward(args, scale, workspace, stream, nullptr);
+}
 
-void forward(const ForwardArgs& args, double scale, void* stream, const RowLocalKeys* row_local) {
+void forward(const ForwardArgs& args, double scale, Workspace workspace, void* stream, const RowLocalKeys* row_local) {
   const TensorRef &q = args.q, &k = args.k, &v = args.v, &out = args.out;
   check_half_dtype("forward", q.dtype);
   check_rows_aligned("q", q);
@@ -89,6 +110,7 @@ void forward(const ForwardArgs& args, double scale, void* stream, const RowLocal
   p.mask = block_mask_view(args.block_mask);
   p.mod = make_mod_params(args.score_mod, p.q_len, p.kv_len, scale);
   if (row_local != nullptr) p.row_local = *row_local;
+  p.tile_counter = tile_counter(workspace);
 
   DeviceGuard guard(q.device.index);
   const Arch arch = select_arch(q.device.index, args.backend);

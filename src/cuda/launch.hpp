@@ -11,8 +11,11 @@
 
 namespace flashflex::cuda {
 
-// Forward: out and (optional) lse. `scale` is resolved; `stream` is a cudaStream_t.
-void forward(const ForwardArgs& args, double scale, void* stream);
+// Forward: out and (optional) lse. `scale` is resolved; `stream` is a cudaStream_t. The sm90
+// kernels take their dynamic tile order's counter from `workspace` (forward_workspace_size()
+// bytes); an empty workspace gives them the static order.
+constexpr std::size_t forward_workspace_size() { return 16; }
+void forward(const ForwardArgs& args, double scale, Workspace workspace, void* stream);
 
 // Backward: dq, dk, dv (dbias for the bias mod). Scratch (fp32 dQ accumulator, row statistics)
 // comes from `workspace`, at least backward_workspace_size(args) bytes on the tensors' device.

@@ -101,6 +101,9 @@ struct FwdParams {
   ScoreModParams mod;
   // Read only by the row-local (EAGLE3) kernels.
   RowLocalKeys row_local;
+  // The sm90 kernels' dynamic tile order: a word of the caller's workspace, zeroed on the stream
+  // by the launcher. Null: the static order (no workspace given).
+  unsigned* tile_counter = nullptr;
 };
 
 struct BwdParams {

@@ -1,11 +1,11 @@
 """The sm90 forward's tile order (src/cuda/sm90/tile_scheduler_fwd.cuh) across launches: the
-dynamic order's per-launch counters reset themselves, so many launches in a row (more than there
-are counter slots), launches of different grid sizes, launches on two streams at once and CUDA
-graph replays all compute every tile once. Each case's output is checked against the sm80 kernels
-(another code path: a tile left out or computed twice into garbage shows) and must then come out
-bit for bit the same on every later launch (which CTA computes a tile does not change its
-arithmetic). Head dim 128 runs the dynamic order, 64 and 256 the static one. Skipped without a
-Hopper GPU."""
+dynamic order counts on a counter of the call's workspace, zeroed on its stream, so many launches
+in a row, launches of different grid sizes, launches on two streams at once, CUDA graph replays
+beside eager calls on another stream, and a call without a workspace (the static order) all
+compute every tile once. Each case's output is checked against the sm80 kernels (another code
+path: a tile left out or computed twice into garbage shows) and must then come out bit for bit
+the same on every later launch (which CTA computes a tile does not change its arithmetic). Head
+dim 128 runs the dynamic order, 64 and 256 the static one. Skipped without a Hopper GPU."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from helpers import make_qkv
 
 pytestmark = pytest.mark.cuda
 BF16 = torch.bfloat16
-# More launches than the launcher's counter slots (kFwdTileSlots = 64), so every slot is reused.
 LAUNCHES = 160
 
 
@@ -120,3 +119,62 @@ def test_cuda_graph_replays(gen):
         torch.cuda.synchronize()
         for (name, *_), got, want in zip(CASES, captured, firsts):
             _assert_same(name, got, want)
+
+
+def test_graph_replays_beside_eager_calls_on_another_stream(gen):
+    """A captured launch and eager launches running at once each count on their own counter."""
+    inputs, firsts = _first_results(gen)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for args in inputs:
+            _run(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = [_run(*args) for args in inputs]
+    torch.cuda.synchronize()
+    eager = []
+    for i in range(10):
+        graph.replay()  # on the current stream
+        with torch.cuda.stream(side):
+            eager += [(c, _run(*inputs[c])) for c in range(len(CASES))]
+    torch.cuda.synchronize()
+    for (name, *_), got, want in zip(CASES, captured, firsts):
+        _assert_same(name, got, want)
+    for c, got in eager:
+        _assert_same(CASES[c][0], got, firsts[c])
+
+
+def _direct_forward(q, k, v, mask, workspace, workspace_bytes):
+    from flashflex import _C
+    from flashflex._ops import _mask_args
+    from flashflex._tensor_ref import stream_of, tensor_ref
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device="cuda")
+    _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), None,
+               (0, 0.0, None, None), _mask_args(mask._tensors(), q, k), _C.BACKENDS["SM90"], workspace,
+               workspace_bytes, stream_of(q))
+    return out, lse
+
+
+def test_no_workspace_runs_the_static_order(gen):
+    inputs, firsts = _first_results(gen)
+    for (name, *_), args, want in zip(CASES, inputs, firsts):
+        _assert_same(name, _direct_forward(*args, 0, 0), want)
+
+
+def test_too_small_a_workspace_is_rejected(gen):
+    from flashflex import _C
+    q, k, v, mask = _setup(gen, CASES[0])
+    small = torch.zeros(8, dtype=torch.uint8, device="cuda")
+    with pytest.raises(ValueError, match="workspace: expected at least 16 bytes"):
+        _direct_forward(q, k, v, mask, small.data_ptr(), small.numel())
+    assert _C.forward_workspace_size(*_workspace_size_args(q, k, v, mask)) == 16
+
+
+def _workspace_size_args(q, k, v, mask):
+    from flashflex._ops import _mask_args
+    from flashflex._tensor_ref import tensor_ref
+    return (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(torch.empty_like(q)), None, None,
+            (0, 0.0, None, None), _mask_args(mask._tensors(), q, k), 0)

@@ -208,8 +208,7 @@ __device__ void consumer_fwd(const cuda::FwdParams& p, const SmemFwd<Traits>& s,
 template <class Traits, ScoreModKind kMod, bool kRowLocal>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fwd_kernel(const __grid_constant__ cuda::FwdParams p, const __grid_constant__ CUtensorMap map_q,
-               const __grid_constant__ CUtensorMap map_k, const __grid_constant__ CUtensorMap map_v,
-               int tile_slot) {
+               const __grid_constant__ CUtensorMap map_k, const __grid_constant__ CUtensorMap map_v) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const auto s = aligned_smem<SmemFwd<Traits>>(smem_raw);
@@ -220,7 +219,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     ptx::setmaxnreg_dec<Traits::kProducerRegs>();
     if (threadIdx.x == 0) ProducerFwd<Traits, kRowLocal>::run(p, &map_q, &map_k, &map_v, s);
     if constexpr (Traits::kDynamicTiles) {
-      if (threadIdx.x == 32) run_fwd_tile_feed(s.tile_channel(), FwdTileScheduler<true>(p), tile_slot);
+      if (threadIdx.x == 32) run_fwd_tile_feed(s.tile_channel(), FwdTileScheduler<true>(p), p.tile_counter);
     }
   } else {
     ptx::setmaxnreg_inc<Traits::kConsumerRegs>();

@@ -1,14 +1,13 @@
 // Definition of the sm_90a forward launchers (declared in launch_fwd.hpp): checks what TMA needs,
 // raises the kernel's shared-memory limit once per device (device_info.hpp), encodes the tensor
-// maps of Q, K and V (tma_map.hpp) and launches kernel_fwd.cuh's kernel on a persistent grid of
-// min(#SMs, tiles) CTAs with the next of its tile counters. Included only by the instantiation
-// files sm90/fwd_*.cu.
+// maps of Q, K and V (tma_map.hpp), zeroes the launch's tile counter (tile_scheduler_fwd.cuh) and
+// launches kernel_fwd.cuh's kernel on a persistent grid of min(#SMs, tiles) CTAs. Included only
+// by the instantiation files sm90/fwd_*.cu.
 #pragma once
 
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
 #include "api/message.hpp"
@@ -20,10 +19,6 @@
 #include "cuda/tma_map.hpp"
 
 namespace flashflex::sm90 {
-
-// The next of this translation unit's tile counters (tile_scheduler_fwd.cuh), shared by every
-// instantiation here, as the counters are.
-static std::atomic<unsigned> g_next_fwd_tile_slot{0};
 
 template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
 void launch_fwd(const cuda::FwdParams& p, void* stream) {
@@ -55,8 +50,13 @@ void launch_fwd(const cuda::FwdParams& p, void* stream) {
   cuda::encode_bhtd_map(&map_k, "k", p.k, kBf16, kHeadDim, p.kv_len, kv_heads, p.batch, Traits::kBlockN);
   cuda::encode_bhtd_map(&map_v, "v", p.v, kBf16, kHeadDim, p.kv_len, kv_heads, p.batch, Traits::kBlockN);
   const int grid = static_cast<int>(tiles < sms ? tiles : sms);
-  const int slot = static_cast<int>(g_next_fwd_tile_slot.fetch_add(1, std::memory_order_relaxed) % kFwdTileSlots);
-  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(p, map_q, map_k, map_v, slot);
+  cuda::FwdParams args = p;
+  if (!Traits::kDynamicTiles) args.tile_counter = nullptr;
+  if (args.tile_counter != nullptr) {
+    FLASHFLEX_CUDA_CHECK(
+        cudaMemsetAsync(args.tile_counter, 0, sizeof(*args.tile_counter), static_cast<cudaStream_t>(stream)));
+  }
+  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(args, map_q, map_k, map_v);
   FLASHFLEX_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -13,15 +13,10 @@
 //            dearest tile of one wave draws the cheapest of the next. Kept where the dynamic
 //            one's registers do not fit (kernel_traits_fwd.cuh).
 //
-// The counter needs no workspace and no memset: each launcher call takes one of kFwdTileSlots
-// counters of its translation unit in turn, and the launch's last CTA to run out of tiles resets
-// it. Two forward launches of one translation unit that run at once (different streams) share a
-// counter only when kFwdTileSlots launches lie between them. Replays of one CUDA graph run one
-// after the other, but a captured launch keeps its slot for every replay: an eager launch (or
-// another graph's) that takes the same slot while a replay runs on another stream would share
-// it and compute wrong tiles; so would two streams where one kernel still runs while the other
-// has queued 64 launches. Not guarded yet: that needs a counter per launch (allocated and zeroed
-// on the stream), which costs a memset per call.
+// The counter is one word of the caller's workspace (FwdParams::tile_counter), zeroed on the
+// launch's stream before the launch (launch_fwd.cuh), so launches that run at once (streams, a
+// CUDA-graph replay beside an eager call) never share one. Without a workspace the feed hands out
+// the static order instead.
 //
 // Inside a CTA one thread of the producer warpgroup fetches each tile index, decodes it and
 // publishes it through a two-slot channel in shared memory (pipeline_fwd.cuh: tile_full /
@@ -34,15 +29,6 @@
 #include "cuda/ptx/mbarrier.cuh"
 
 namespace flashflex::sm90 {
-
-struct FwdTileCounter {
-  unsigned next;  // tiles handed out beyond each CTA's first
-  unsigned done;  // CTAs that ran out of tiles
-};
-
-constexpr int kFwdTileSlots = 64;
-// Internal linkage: one set per translation unit (the sm90/fwd_*.cu files), zero at module load.
-static __device__ FwdTileCounter g_fwd_tile_counters[kFwdTileSlots];
 
 struct FwdTile {
   int m;    // q tile (rows m * 128 ..)
@@ -64,15 +50,19 @@ class FwdTileScheduler {
     return static_cast<int>(blockIdx.x) + n * static_cast<int>(gridDim.x);
   }
 
-  __device__ FwdTile tile(int t) const {
-    if (!kDynamic) {
-      const int g = static_cast<int>(gridDim.x);
-      const int wave = t / g;
-      if (wave & 1) {
-        const int width = min(g, num_tiles_ - wave * g);
-        t = wave * g + (width - 1 - (t - wave * g));
-      }
+  // The static order's position t -> tile index: odd waves reversed.
+  __device__ int snake(int t) const {
+    const int g = static_cast<int>(gridDim.x);
+    const int wave = t / g;
+    if (wave & 1) {
+      const int width = min(g, num_tiles_ - wave * g);
+      t = wave * g + (width - 1 - (t - wave * g));
     }
+    return t;
+  }
+
+  __device__ FwdTile tile(int t) const { return decode(kDynamic ? t : snake(t)); }
+  __device__ FwdTile decode(int t) const {
     const int bh = t % bh_count_;
     const int h = bh % heads_;
     return {num_q_tiles_ - 1 - t / bh_count_, h, bh / heads_, h / kv_group_};
@@ -149,24 +139,16 @@ __device__ __forceinline__ int consumer_tile_index(const FwdTileScheduler<kDynam
 
 // The feed (dynamic order only): its CTA index first, then fetches from the launch's counter,
 // each published, the first invalid one last. The channel's depth keeps the fetches one tile
-// ahead of the consumers, as a fetch when a tile starts would be.
-// The last CTA out resets the counter for the next launch that takes this slot; the fence orders
-// this CTA's last fetch before its arrival on `done`, so no fetch follows the reset.
+// ahead of the consumers, as a fetch when a tile starts would be. counter null: the static order.
 __device__ __forceinline__ void run_fwd_tile_feed(const FwdTileChannel& ch, const FwdTileScheduler<true>& sched,
-                                                  int slot) {
-  FwdTileCounter& c = g_fwd_tile_counters[slot];
+                                                  unsigned* counter) {
   int t = static_cast<int>(blockIdx.x);
   for (int n = 0;; ++n) {
     const bool valid = sched.valid(t);
-    ch.publish(n, t, valid ? sched.tile(t) : FwdTile{-1, 0, 0, 0});
+    const int index = valid && counter == nullptr ? sched.snake(t) : t;  // what the readers decode
+    ch.publish(n, index, valid ? sched.decode(index) : FwdTile{-1, 0, 0, 0});
     if (!valid) break;
-    t = static_cast<int>(atomicAdd(&c.next, 1u) + gridDim.x);
-  }
-  __threadfence();
-  if (atomicAdd(&c.done, 1u) == gridDim.x - 1) {
-    __threadfence();
-    atomicExch(&c.next, 0u);
-    atomicExch(&c.done, 0u);
+    t = counter != nullptr ? static_cast<int>(atomicAdd(counter, 1u) + gridDim.x) : sched.static_index(n + 1);
   }
 }
 
