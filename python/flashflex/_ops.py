@@ -40,7 +40,7 @@ def _mask_args(mask_tensors: List[Tensor], q: Tensor, k: Tensor):
 def _mod_args(mod_kind: int, cap: float, mod_tensor: Optional[Tensor]):
     slopes = tensor_ref(mod_tensor) if mod_kind != _BIAS else None
     bias = tensor_ref(mod_tensor) if mod_kind == _BIAS else None
-    return (mod_kind, cap, slopes, bias)
+    return (mod_kind, cap, slopes, bias, 0, [])  # no linked kernel (_score_mod_linked.py)
 
 
 def _empty_out(q: Tensor) -> Tensor:

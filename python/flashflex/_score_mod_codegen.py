@@ -15,8 +15,8 @@ The source is plain C++ with FLASHFLEX_MOD_FN before each function (define it as
 NVRTC; empty for a host compiler): expf, tanhf, ... exist in both.
 tests/python/test_score_mod_codegen.py compiles it with the host's compiler and checks it against
 the float64 graph and torch autograd; _score_mod_link.py compiles it with NVRTC and links it by
-name (FLASHFLEX_MOD_LINKAGE extern "C") into a caller's LTO-IR. The attention kernels do not call
-a hook yet."""
+name (FLASHFLEX_MOD_LINKAGE extern "C") into a caller's LTO-IR: the sm90 forward's
+(_score_mod_linked.py)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ import torch
 
 from ._score_mod_graph import INPUT_NAMES, ScoreModGraph
 
-__all__ = ["Generated", "generate", "tensor_descriptor", "FUNCTION_NAME", "MAX_DIMS", "PRELUDE"]
+__all__ = ["Generated", "generate", "tensor_descriptor", "FUNCTION_NAME", "MAX_DIMS", "MAX_GATHERS", "PRELUDE"]
 
 FUNCTION_NAME = "flashflex_score_mod"
-MAX_DIMS = 8  # dims of a captured tensor the function can index
+MAX_DIMS = 8  # dims of a captured tensor the function can index (kHookTensorDims, flashflex/mods.hpp)
+MAX_GATHERS = 8  # floating gathers one function may make: the kernels' d_gathered arrays (kMaxHookGathers)
 _aten = torch.ops.aten
 
 _PRELUDE = """#if defined(__CUDACC_RTC__)
@@ -560,6 +561,9 @@ def generate(graph: ScoreModGraph) -> Generated:
             out = node.args[0]
             result = out[0] if isinstance(out, (tuple, list)) else out
     value = e.operand(result)
+    if len(e.gathers) > MAX_GATHERS:
+        raise TypeError(f"score_mod: generated code makes at most {MAX_GATHERS} gathers from captured floating "
+                        f"tensors, this graph makes {len(e.gathers)}")
     body = list(e.lines)
     tail = [f"  *d_score = {value.deriv.get(0, '0.f')};"]
     for k, offset in enumerate(e.gather_offsets):

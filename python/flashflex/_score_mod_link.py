@@ -1,6 +1,7 @@
 """Run-time compilation and linking of generated score-mod hooks (_score_mod_codegen.py): NVRTC
 compiles CUDA source to LTO-IR for one GPU architecture and nvJitLink links LTO-IR modules (the
-hook, and the kernels that call it by name) into a cubin for the driver to load. Both libraries
+hook, and the kernels that call it by name: src/cuda/linked/, shipped as fatbins of LTO-IR) into a
+cubin for the driver to load. Both libraries
 come from the nvidia-cuda-nvrtc and nvidia-nvjitlink wheels (torch's CUDA wheels depend on them)
 or a CUDA toolkit; nvcc is not needed. Works without a GPU: compiling and linking only produce
 bytes. Errors carry the compiler's or linker's log."""
@@ -18,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 __all__ = ["LinkError", "available", "compile_ltoir", "link_cubin", "linked_hook", "cache_dir"]
 
-_NVJITLINK_INPUT_LTOIR = 3
+_NVJITLINK_INPUT_ANY = 10  # nvJitLink tells LTO-IR from a fatbin holding it (the kernels ship as fatbins)
 
 
 class LinkError(RuntimeError):
@@ -104,19 +105,27 @@ def _check_nvrtc(nvrtc, status: int, what: str) -> None:
         raise LinkError(f"{what}: {nvrtc.nvrtcGetErrorString(status).decode()}")
 
 
-def link_cubin(arch: str, ltoirs: Sequence[bytes]) -> bytes:
-    """The cubin of the LTO-IR modules linked together (link-time optimised) for `arch`."""
+def link_cubin(arch: str, ltoirs: Sequence[bytes], info: Optional[List[str]] = None) -> bytes:
+    """The cubin of the LTO-IR modules (raw, or in fatbins) linked together (link-time optimised)
+    for `arch`. With `info` (a list), the linker's log is appended to it, ptxas's register and
+    spill report included."""
     handle = ctypes.c_void_p()
-    opts = [f"-arch={arch}", "-lto"]
+    opts = [f"-arch={arch}", "-lto", "-Xptxas=-v", "-Xptxas=--warn-on-spills"]
     argv = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
     _check_link(handle, _jitlink("nvJitLinkCreate")(ctypes.byref(handle), len(opts), argv), "nvJitLinkCreate")
     try:
         add = _jitlink("nvJitLinkAddData")
         for i, ir in enumerate(ltoirs):
             buf = ctypes.create_string_buffer(ir, len(ir))
-            _check_link(handle, add(handle, _NVJITLINK_INPUT_LTOIR, buf, ctypes.c_size_t(len(ir)),
+            _check_link(handle, add(handle, _NVJITLINK_INPUT_ANY, buf, ctypes.c_size_t(len(ir)),
                                     f"module{i}".encode()), "nvJitLinkAddData")
         _check_link(handle, _jitlink("nvJitLinkComplete")(handle), "nvJitLinkComplete")
+        if info is not None:
+            size = ctypes.c_size_t()
+            _check_link(handle, _jitlink("nvJitLinkGetInfoLogSize")(handle, ctypes.byref(size)), "nvJitLinkGetInfoLog")
+            log = ctypes.create_string_buffer(size.value + 1)
+            _check_link(handle, _jitlink("nvJitLinkGetInfoLog")(handle, log), "nvJitLinkGetInfoLog")
+            info.append(log.value.decode(errors="replace"))
         size = ctypes.c_size_t()
         _check_link(handle, _jitlink("nvJitLinkGetLinkedCubinSize")(handle, ctypes.byref(size)),
                     "nvJitLinkGetLinkedCubinSize")
@@ -143,7 +152,7 @@ def _check_link(handle, status: int, what: str) -> None:
 # ---- the linked modules on disk ------------------------------------------------------------------
 
 _HOOK_PREFIX = '#define FLASHFLEX_MOD_FN __device__\n#define FLASHFLEX_MOD_LINKAGE extern "C"\n'
-_CACHE_VERSION = b"flashflex-linked-hook-1"
+_CACHE_VERSION = b"flashflex-linked-hook-2"  # bumped with the link options
 
 
 def cache_dir() -> str:

@@ -1,8 +1,9 @@
 """A score_mod callable, resolved for one flex_attention call: captured (_score_mod_graph.py) and
 recognised (_score_mod_recognize.py) once per callable and cached, then bound to the call's shapes:
-a built-in ScoreMod with a factor for the softmax scale, or, on CPU tensors, the graph itself
-(evaluated exactly in float64 by _score_mod_cpu.py). On CUDA tensors a graph no built-in mod
-expresses raises NotImplementedError: linking score mods into the kernels at run time is not built.
+a built-in ScoreMod with a factor for the softmax scale; or, on CPU tensors, the graph itself
+(evaluated exactly in float64 by _score_mod_cpu.py); or, on CUDA tensors, the graph's generated
+code linked into the kernels (_score_mod_linked.py: the Hopper forward so far). Where none of
+these applies, NotImplementedError says why.
 
 The cache is keyed by the callable's identity (a weak reference guards against id reuse) and a
 fingerprint of what its graph was traced from (code, closure cells, defaults, the globals it
@@ -19,6 +20,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
+from . import _score_mod_linked as linked
 from . import score_mods
 from ._score_mod_cpu import graph_attention_outside_trace
 from ._score_mod_graph import ScoreModGraph, capture, evaluate
@@ -30,12 +32,15 @@ __all__ = ["CallableScoreMod", "resolve_callable"]
 
 class CallableScoreMod:
     """What a callable becomes for one call: `builtin` (a ScoreMod, or None for no mod) with
-    `scale_factor` to fold into the softmax scale; or `graph` (builtin unused) for the CPU path."""
+    `scale_factor` to fold into the softmax scale; or `graph` (builtin unused) for the CPU path;
+    or `linked` (a _score_mod_linked.LinkedScoreMod) for the CUDA one."""
 
-    def __init__(self, builtin=None, scale_factor: float = 1.0, graph: Optional[ScoreModGraph] = None):
+    def __init__(self, builtin=None, scale_factor: float = 1.0, graph: Optional[ScoreModGraph] = None,
+                 linked=None):
         self.builtin = builtin
         self.scale_factor = scale_factor
         self.graph = graph
+        self.linked = linked
 
     def attend_cpu(self, query, key, value, block_mask, scale: float):
         return graph_attention_outside_trace(self.graph, query, key, value, block_mask, scale)
@@ -53,6 +58,7 @@ class _Entry:
         self.versions = _versions(watched)
         self.metadata = _metadata(graph.tensors.values())
         self.materialised: Optional[Tuple[tuple, torch.Tensor]] = None  # (key, bias) when no grad is needed
+        self.generated = None  # (Generated or None, why not): the linked path's code, made once
 
     def valid(self, owner, fingerprint) -> bool:
         return (self.ref is not None and self.ref() is owner and self.fingerprint == fingerprint
@@ -100,12 +106,19 @@ def resolve_callable(fn: Callable, query: torch.Tensor, key: torch.Tensor) -> Ca
         return bound
     if query.device.type == "cpu":
         return CallableScoreMod(graph=entry.graph)
+    why = linked.unavailable(entry.graph, query)
+    if why is None:
+        if entry.generated is None:
+            entry.generated = linked.generated_or_reason(entry.graph)
+        generated, why = entry.generated
+        if generated is not None:
+            return CallableScoreMod(linked=linked.linked_score_mod(generated, query))
     ops = ", ".join(dict.fromkeys(entry.graph.ops)) or "no operation"
     raise NotImplementedError(
-        f"score_mod: {_name(fn)} is not one of the built-in score mods (its graph uses {ops}); on {query.device} "
-        f"it would need run-time linking of score mods into the kernels, which is not built yet (on CPU tensors "
-        f"it runs exactly). Recognised forms: c * s, A * tanh(B * s), s + slopes[h] * (kv_idx - q_idx), "
-        f"s + bias[b, h, q_idx, kv_idx] and s + f(b, h, q_idx, kv_idx) up to {MAX_MATERIALISED} bias elements")
+        f"score_mod: {_name(fn)} is not one of the built-in score mods (its graph uses {ops}) and cannot be linked "
+        f"into the kernels here: {why} (on CPU tensors it runs exactly). Recognised forms: c * s, "
+        f"A * tanh(B * s), s + slopes[h] * (kv_idx - q_idx), s + bias[b, h, q_idx, kv_idx] and "
+        f"s + f(b, h, q_idx, kv_idx) up to {MAX_MATERIALISED} bias elements")
 
 
 def _name(fn) -> str:

@@ -46,7 +46,8 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     mod = _resolve_score_mod(score_mod, query, key)
     scale = _resolve_scale(scale, query.shape[-1])
     deterministic, backend = resolve_kernel_options(kernel_options)
-    # A Python callable (_score_mod_resolve.py): a built-in mod it reduces to, or its graph (CPU).
+    # A Python callable (_score_mod_resolve.py): a built-in mod it reduces to, its graph (CPU), or
+    # its linked kernel (CUDA).
     graph_mod = mod if isinstance(mod, CallableScoreMod) else None
     if graph_mod is not None:
         mod, scale = _resolve_score_mod(graph_mod.builtin, query, key), scale * graph_mod.scale_factor
@@ -57,6 +58,9 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         mod_tensor = unit_inner_stride(mod_tensor)
     if graph_mod is not None and graph_mod.graph is not None:
         out, lse = graph_mod.attend_cpu(query, key, value, mask, scale)
+    elif graph_mod is not None and graph_mod.linked is not None:
+        out, lse = graph_mod.linked.attend(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
+                                           mask_tensors, scale, backend)
     else:
         out, lse = attention(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value), mask_tensors,
                              scale, mod.kind if mod else _NONE, mod.cap if mod else 0.0, mod_tensor, deterministic,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "flashflex/attention.hpp"
+#include "flashflex/linked_kernel.hpp"
 #include "flashflex/mask.hpp"
 #include "tensor_tuple.hpp"
 
@@ -24,8 +25,12 @@ namespace {
 using flashflex::binding::TensorTuple;
 using flashflex::binding::to_ref;
 
-// (kind, softcap, alibi slopes, bias)
-using ModTuple = std::tuple<int, double, std::optional<TensorTuple>, std::optional<TensorTuple>>;
+// A tensor a linked hook reads: (data_ptr, strides, sizes, dtype code), kHookTensorDims each
+// (python/flashflex/_score_mod_codegen.py's tensor_descriptor).
+using HookTuple = std::tuple<std::uintptr_t, std::vector<int64_t>, std::vector<int64_t>, int>;
+// (kind, softcap, alibi slopes, bias, linked kernel handle or 0, the linked hook's tensors)
+using ModTuple = std::tuple<int, double, std::optional<TensorTuple>, std::optional<TensorTuple>, std::uintptr_t,
+                            std::vector<HookTuple>>;
 
 ff::ScoreMod to_mod(const ModTuple& m) {
   ff::ScoreMod mod;
@@ -33,7 +38,34 @@ ff::ScoreMod to_mod(const ModTuple& m) {
   mod.softcap = std::get<1>(m);
   mod.alibi_slopes = to_ref(std::get<2>(m));
   mod.bias = to_ref(std::get<3>(m));
+  mod.linked_kernel = reinterpret_cast<const void*>(std::get<4>(m));
+  const std::vector<HookTuple>& hooks = std::get<5>(m);
+  if (hooks.size() > static_cast<size_t>(ff::kMaxHookTensors)) {
+    throw ff::Error(ff::ErrorKind::kUnsupported, "score_mod: a linked score mod reads at most " +
+                                                     std::to_string(ff::kMaxHookTensors) + " captured tensors, got " +
+                                                     std::to_string(hooks.size()));
+  }
+  mod.num_hook_tensors = static_cast<int>(hooks.size());
+  for (size_t i = 0; i < hooks.size(); ++i) {
+    const auto& [ptr, strides, sizes, dtype] = hooks[i];
+    if (strides.size() != ff::kHookTensorDims || sizes.size() != ff::kHookTensorDims) {
+      throw ff::Error(ff::ErrorKind::kInvalidArgument, "score_mod: expected " + std::to_string(ff::kHookTensorDims) +
+                                                           " strides and sizes per hook tensor");
+    }
+    ff::HookTensor& t = mod.hook_tensors[i];
+    t.data = reinterpret_cast<const void*>(ptr);
+    for (int d = 0; d < ff::kHookTensorDims; ++d) t.stride[d] = strides[d], t.size[d] = sizes[d];
+    t.dtype = dtype;
+  }
   return mod;
+}
+
+// A linked cubin (bytes) loaded as the kernel of (pass, dtype code, head dim): its handle.
+std::uintptr_t load_linked_kernel(const py::bytes& image, int pass, int dtype, int head_dim) {
+  const std::string data = image;
+  const ff::LinkedKernelKind kind{static_cast<ff::KernelPass>(pass), static_cast<ff::DType>(dtype), head_dim};
+  py::gil_scoped_release release;
+  return reinterpret_cast<std::uintptr_t>(ff::load_linked_kernel(data.data(), data.size(), kind));
 }
 
 // (batch, heads, q_len, kv_len, num_partial_tiles, device type, device index, 10 array pointers in
@@ -207,10 +239,13 @@ PYBIND11_MODULE(_C, mod) {
   // name -> flashflex::ScoreModKind code: the Python side never restates the enum's values.
   py::dict score_mod_kinds;
   for (ff::ScoreModKind kind : {ff::ScoreModKind::kNone, ff::ScoreModKind::kSoftcap, ff::ScoreModKind::kAlibi,
-                                ff::ScoreModKind::kBias}) {
+                                ff::ScoreModKind::kBias, ff::ScoreModKind::kLinked}) {
     score_mod_kinds[ff::score_mod_name(kind)] = static_cast<int>(kind);
   }
   mod.attr("SCORE_MOD_KINDS") = score_mod_kinds;
+  mod.attr("MAX_HOOK_TENSORS") = ff::kMaxHookTensors;
+  mod.def("load_linked_kernel", &load_linked_kernel, py::arg("image"), py::arg("pass_"), py::arg("dtype"),
+          py::arg("head_dim"));
   mod.def("supported_head_dims", &ff::supported_head_dims);
   mod.attr("BACKENDS") = py::dict(py::arg("AUTO") = static_cast<int>(ff::Backend::kAuto),
                                   py::arg("SM80") = static_cast<int>(ff::Backend::kSm80),

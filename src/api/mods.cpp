@@ -9,6 +9,7 @@ const char* score_mod_name(ScoreModKind kind) {
     case ScoreModKind::kSoftcap: return "softcap";
     case ScoreModKind::kAlibi: return "alibi";
     case ScoreModKind::kBias: return "bias";
+    case ScoreModKind::kLinked: return "linked";
   }
   return "unknown score mod";
 }

@@ -129,6 +129,8 @@ inline void score_row(const double* q_row, const double* kt, int64_t kv_len, int
         if (dmod) std::fill(dmod + begin, dmod + end, 1.0);
         break;
       }
+      case ScoreModKind::kLinked:  // CUDA tensors only (validate.cpp): never reaches the reference
+        break;
     }
     if (span.bitmap != nullptr) {
       const int tile_row = static_cast<int>(row % kTileSize);

@@ -3,7 +3,8 @@
 // picks the architecture (device_info.hpp) and launches the kernel of the key from the table
 // below (kernel_table.hpp); the kernels are instantiated in sm80/fwd_*.cu and sm90/fwd_*.cu.
 // With the automatic backend, a call the sm90 kernel cannot take (a layout TMA cannot address:
-// Error kUnsupported before any launch) runs on the sm80 kernel.
+// Error kUnsupported before any launch) runs on the sm80 kernel. A linked score mod runs on the
+// kernel its handle names (launch_linked), on the sm90 path only.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include "cuda/kernel_table.hpp"
 #include "cuda/launch.hpp"
 #include "cuda/launch_common.hpp"
+#include "cuda/linked_kernel.hpp"
 #include "cuda/sm80/launch_fwd.hpp"
 #if FLASHFLEX_WITH_SM90
 #include "cuda/sm90/launch_fwd.hpp"
@@ -58,6 +60,48 @@ constexpr auto kFwdKernels = join(arch_rows<Arch::kSm80>(), arch_rows<Arch::kSm9
 #else
 constexpr auto kFwdKernels = arch_rows<Arch::kSm80>();
 #endif
+
+#if FLASHFLEX_WITH_SM90
+using LaunchFwdLinked = void (*)(const FwdParams&, const void*, void*);
+
+template <DType kDType, int kHeadDim>
+constexpr KernelEntry<LaunchFwdLinked> linked_row() {
+  return {{Arch::kSm90, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm90::launch_fwd_linked<kDType, kHeadDim>};
+}
+
+// The launchers of src/cuda/linked/sm90_fwd.cu's kernels, by dtype and head dim.
+constexpr std::array<KernelEntry<LaunchFwdLinked>, 6> kLinkedFwdKernels{
+    {linked_row<DType::kBFloat16, 64>(), linked_row<DType::kBFloat16, 128>(), linked_row<DType::kBFloat16, 256>(),
+     linked_row<DType::kFloat16, 64>(), linked_row<DType::kFloat16, 128>(), linked_row<DType::kFloat16, 256>()}};
+#endif
+
+// A linked score mod (linked_kernel.hpp): its kernel must have been loaded for this call's
+// pass, dtype and head dim, and it runs on the sm90 forward only.
+void launch_linked(const ForwardArgs& args, const FwdParams& p, Arch arch, void* stream) {
+  const LinkedKernelKind* kind = linked_kernel_kind(args.score_mod.linked_kernel);
+  const int head_dim = static_cast<int>(args.q.sizes[3]);
+  if (kind == nullptr) {
+    throw Error(ErrorKind::kInvalidArgument, "score_mod.linked_kernel: expected a handle from load_linked_kernel");
+  }
+  if (kind->pass != KernelPass::kForward || kind->dtype != args.q.dtype || kind->head_dim != head_dim) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("score_mod.linked_kernel: loaded for ",
+                                          kind->pass == KernelPass::kForward ? "the forward" : "the backward", ", ",
+                                          dtype_name(kind->dtype), ", head_dim ", kind->head_dim,
+                                          "; this call is the forward, ", dtype_name(args.q.dtype), ", head_dim ",
+                                          head_dim));
+  }
+#if FLASHFLEX_WITH_SM90
+  if (arch == Arch::kSm90 && args.backend != Backend::kSm80) {
+    const KernelKey key{Arch::kSm90, args.q.dtype, head_dim, ScoreModKind::kLinked, false};
+    return find_kernel(kLinkedFwdKernels, key, "forward").launch(p, args.score_mod.linked_kernel, stream);
+  }
+#endif
+  (void)p, (void)arch, (void)stream;
+  throw Error(ErrorKind::kUnsupported,
+              "score_mod: a linked score mod runs on the sm90 forward only (compute capability 9.x, backend AUTO or "
+              "SM90)");
+}
 
 // The workspace's tile counter (launch.hpp): null for an empty workspace.
 unsigned* tile_counter(const Workspace& workspace) {
@@ -114,6 +158,7 @@ void forward(const ForwardArgs& args, double scale, Workspace workspace, void* s
 
   DeviceGuard guard(q.device.index);
   const Arch arch = select_arch(q.device.index, args.backend);
+  if (args.score_mod.kind == ScoreModKind::kLinked) return launch_linked(args, p, arch, stream);
   KernelKey key{arch, q.dtype, static_cast<int>(q.sizes[3]), args.score_mod.kind, row_local != nullptr};
   const KernelEntry<LaunchFwd>& kernel = select_kernel(kFwdKernels, key, arch, args.backend, "forward");
   if (kernel.key.arch == Arch::kSm80 || args.backend != Backend::kAuto) return kernel.launch(p, stream);

@@ -130,6 +130,9 @@ inline ScoreModParams make_mod_params(const ScoreMod& mod, int q_len, int kv_len
       m.bias_stride_q = stride_of(mod.bias, 2);
       m.bias_stride_kv = stride_of(mod.bias, 3);
       break;
+    case ScoreModKind::kLinked:
+      for (int i = 0; i < mod.num_hook_tensors; ++i) m.hook_tensors[i] = mod.hook_tensors[i];
+      break;
     case ScoreModKind::kNone:
       break;
   }

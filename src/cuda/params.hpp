@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "cuda/common/row_limit.hpp"
+#include "flashflex/mods.hpp"
 #include "flashflex/tensor.hpp"
 
 namespace flashflex::cuda {
@@ -65,6 +66,7 @@ struct ScoreModParams {
   int64_t bias_stride_kv = 1;
   int q_len = 0;
   int kv_len = 0;
+  HookTensor hook_tensors[kMaxHookTensors];  // kLinked: what the linked hook reads
 };
 
 // Most row-local blocks one launch takes (TTT step k <= 15): the pointer tables travel in the

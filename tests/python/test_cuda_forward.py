@@ -305,7 +305,7 @@ def test_sm90_backend_where_it_runs(gen):
 @pytest.mark.parametrize("layout", ["bhtd", "bthd"])
 def test_poisoned_outputs_are_overwritten(layout, gen):
     from flashflex import _C
-    from flashflex._ops import _mask_args
+    from flashflex._ops import _mask_args, _mod_args
     from flashflex._tensor_ref import stream_of, tensor_ref
     q_len = kv_len = 389
     q, k, v = _inputs(gen, 2, 4, 2, q_len, kv_len, 64, torch.bfloat16, layout)
@@ -313,7 +313,7 @@ def test_poisoned_outputs_are_overwritten(layout, gen):
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device="cuda")
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), None,
-               (0, 0.0, None, None), _mask_args(block_mask._tensors(), q, k), _C.BACKENDS["AUTO"], 0, 0, stream_of(q))
+               _mod_args(0, 0.0, None), _mask_args(block_mask._tensors(), q, k), _C.BACKENDS["AUTO"], 0, 0, stream_of(q))
     torch.cuda.synchronize()
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     _check(out, lse, q, k, v, mask)

@@ -148,12 +148,12 @@ def test_graph_replays_beside_eager_calls_on_another_stream(gen):
 
 def _direct_forward(q, k, v, mask, workspace, workspace_bytes):
     from flashflex import _C
-    from flashflex._ops import _mask_args
+    from flashflex._ops import _mask_args, _mod_args
     from flashflex._tensor_ref import stream_of, tensor_ref
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device="cuda")
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), None,
-               (0, 0.0, None, None), _mask_args(mask._tensors(), q, k), _C.BACKENDS["SM90"], workspace,
+               _mod_args(0, 0.0, None), _mask_args(mask._tensors(), q, k), _C.BACKENDS["SM90"], workspace,
                workspace_bytes, stream_of(q))
     return out, lse
 
@@ -174,7 +174,7 @@ def test_too_small_a_workspace_is_rejected(gen):
 
 
 def _workspace_size_args(q, k, v, mask):
-    from flashflex._ops import _mask_args
+    from flashflex._ops import _mask_args, _mod_args
     from flashflex._tensor_ref import tensor_ref
     return (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(torch.empty_like(q)), None, None,
-            (0, 0.0, None, None), _mask_args(mask._tensors(), q, k), 0)
+            _mod_args(0, 0.0, None), _mask_args(mask._tensors(), q, k), 0)

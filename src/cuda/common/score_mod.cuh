@@ -13,8 +13,11 @@
 //                                                   // and its derivative from the raw q.k
 //
 // Kinds (include/flashflex/mods.hpp): none; softcap c * tanh(s / c); alibi s + slope[h] * (kv - q);
-// bias s + bias[b', h', q, kv] (size-1 batch / head broadcast, any strides, fp32 / fp16 / bf16).
-// Indices past Q_LEN or KV_LEN (padding of a ragged tile) read no bias; kernels mask them after.
+// bias s + bias[b', h', q, kv] (size-1 batch / head broadcast, any strides, fp32 / fp16 / bf16);
+// linked, the extern hook flashflex_score_mod, defined only where a kernel built as LTO-IR is
+// linked at run time with generated code (python/flashflex/_score_mod_codegen.py).
+// Indices past Q_LEN or KV_LEN (padding of a ragged tile) read no bias and call no hook; kernels
+// mask them after.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -96,6 +99,45 @@ struct ScoreModOp<ScoreModKind::kBias> {
     return s + detail::load_as_float(p.bias, offset_bh + q * p.bias_stride_q + kv * p.bias_stride_kv, p.bias_dtype);
   }
   __device__ float derivative(float /*s*/, int /*q*/, int /*kv*/) const { return 1.f; }
+};
+
+}  // namespace flashflex::cuda
+
+// The generated hook (_score_mod_codegen.py's signature): the modified score, and its derivative
+// with respect to the score and to each gathered element with that element's offset. Declared
+// here, defined by the linked module; a kernel that calls it exists only as LTO-IR.
+extern "C" __device__ float flashflex_score_mod(float score, int32_t b, int32_t h, int32_t q_idx, int32_t kv_idx,
+                                                const flashflex::HookTensor* tensors, float* d_score,
+                                                float* d_gathered, int64_t* gathered_offset);
+
+namespace flashflex::cuda {
+
+// Most gathers a linked hook may make (_score_mod_codegen.MAX_GATHERS): its per-element outputs.
+inline constexpr int kMaxHookGathers = 8;
+
+template <>
+struct ScoreModOp<ScoreModKind::kLinked> {
+  static constexpr bool kIsIdentity = false;
+  const ScoreModParams& p;
+  int b, h;
+  __device__ ScoreModOp(const ScoreModParams& params, int b_, int h_) : p(params), b(b_), h(h_) {}
+  __device__ float operator()(float s, int q, int kv) const {
+    float d_score;
+    return call(s, q, kv, d_score);
+  }
+  __device__ float derivative(float s, int q, int kv) const {
+    float d_score;
+    call(s, q, kv, d_score);
+    return d_score;
+  }
+  // Link-time optimisation inlines the hook: what a caller leaves unread is never computed.
+  __device__ float call(float s, int q, int kv, float& d_score) const {
+    d_score = 1.f;
+    if (q >= p.q_len || kv >= p.kv_len) return s;  // padding: masked later, never handed to the mod
+    float d_gathered[kMaxHookGathers];
+    int64_t offset[kMaxHookGathers];
+    return flashflex_score_mod(s, b, h, q, kv, p.hook_tensors, &d_score, d_gathered, offset);
+  }
 };
 
 // The score mod of one (sample, query head) in base-2 logit units, for the backward:

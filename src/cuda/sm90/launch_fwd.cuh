@@ -1,8 +1,9 @@
 // Definition of the sm_90a forward launchers (declared in launch_fwd.hpp): checks what TMA needs,
 // raises the kernel's shared-memory limit once per device (device_info.hpp), encodes the tensor
 // maps of Q, K and V (tma_map.hpp), zeroes the launch's tile counter (tile_scheduler_fwd.cuh) and
-// launches kernel_fwd.cuh's kernel on a persistent grid of min(#SMs, tiles) CTAs. Included only
-// by the instantiation files sm90/fwd_*.cu.
+// launches kernel_fwd.cuh's kernel on a persistent grid of min(#SMs, tiles) CTAs: the compiled
+// one of a score mod, or one linked at run time (launch_fwd_linked). Included only by the
+// instantiation files sm90/fwd_*.cu.
 #pragma once
 
 #include <cuda.h>
@@ -20,11 +21,14 @@
 
 namespace flashflex::sm90 {
 
-template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
-void launch_fwd(const cuda::FwdParams& p, void* stream) {
+namespace detail {
+
+// Launches `kernel`, fwd_kernel<Traits, ...> for this dtype and head dim: compiled in, or the
+// one kernel of a linked cubin (a cudaKernel_t, which the runtime takes where a function is).
+template <DType kDType, int kHeadDim>
+void launch_fwd_kernel(const void* kernel, const cuda::FwdParams& p, void* stream) {
   using Traits = typename FwdConfig<cuda::element_t<kDType>, kHeadDim>::Traits;
   constexpr int kSmem = Traits::kSmemBytes;
-  auto kernel = fwd_kernel<Traits, kMod, kRowLocal>;
   for (const auto& [name, t] : {std::pair<const char*, const cuda::TensorView*>{"q", &p.q}, {"k", &p.k}, {"v", &p.v}}) {
     if (!cuda::tma_can_map(t->data, t->stride_t, t->stride_h, t->stride_b)) {
       throw Error(ErrorKind::kUnsupported, flashflex::detail::concat(
@@ -35,7 +39,7 @@ void launch_fwd(const cuda::FwdParams& p, void* stream) {
     throw Error(ErrorKind::kUnsupported, "block_mask: the sm90 forward needs 16-byte aligned bitmaps");
   }
   const int device = cuda::current_device();
-  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device, "the sm90 forward", kHeadDim);
+  cuda::prepare_kernel_smem(kernel, kSmem, device, "the sm90 forward", kHeadDim);
 
   const int64_t tiles = static_cast<int64_t>(p.num_q_tiles) * p.batch * p.q_heads;
   if (tiles == 0) return;
@@ -56,8 +60,23 @@ void launch_fwd(const cuda::FwdParams& p, void* stream) {
     FLASHFLEX_CUDA_CHECK(
         cudaMemsetAsync(args.tile_counter, 0, sizeof(*args.tile_counter), static_cast<cudaStream_t>(stream)));
   }
-  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(args, map_q, map_k, map_v);
-  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+  void* kernel_args[] = {&args, &map_q, &map_k, &map_v};
+  FLASHFLEX_CUDA_CHECK(cudaLaunchKernel(kernel, dim3(grid), dim3(Traits::kNumThreads), kernel_args, kSmem,
+                                        static_cast<cudaStream_t>(stream)));
+}
+
+}  // namespace detail
+
+template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
+void launch_fwd(const cuda::FwdParams& p, void* stream) {
+  using Traits = typename FwdConfig<cuda::element_t<kDType>, kHeadDim>::Traits;
+  detail::launch_fwd_kernel<kDType, kHeadDim>(reinterpret_cast<const void*>(fwd_kernel<Traits, kMod, kRowLocal>), p,
+                                              stream);
+}
+
+template <DType kDType, int kHeadDim>
+void launch_fwd_linked(const cuda::FwdParams& p, const void* kernel, void* stream) {
+  detail::launch_fwd_kernel<kDType, kHeadDim>(kernel, p, stream);
 }
 
 }  // namespace flashflex::sm90

@@ -1,0 +1,42 @@
+// Public entry point of include/flashflex/linked_kernel.hpp: checks the kind against the kernels
+// shipped as LTO-IR, then loads through the CUDA backend (src/cuda/linked_kernel.cu).
+#include "flashflex/linked_kernel.hpp"
+
+#include <cstdint>
+#include <cstring>
+
+#include "api/dispatch.hpp"
+#include "api/message.hpp"
+#include "kernel_set.hpp"
+#if FLASHFLEX_WITH_CUDA
+#include "cuda/linked_kernel.hpp"
+#endif
+
+namespace flashflex {
+
+const void* load_linked_kernel(const void* image, std::size_t bytes, const LinkedKernelKind& kind) {
+  static constexpr unsigned char kElf[4] = {0x7f, 'E', 'L', 'F'};
+  if (image == nullptr || bytes < sizeof kElf || std::memcmp(image, kElf, sizeof kElf) != 0) {
+    throw Error(ErrorKind::kInvalidArgument, "image: expected a cubin (an ELF image), as nvJitLink links it");
+  }
+  if (kind.pass != KernelPass::kForward) {
+    throw Error(ErrorKind::kUnsupported, "kind.pass: only the forward of a linked score mod is built");
+  }
+  if (kind.dtype != DType::kBFloat16 && kind.dtype != DType::kFloat16) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("kind.dtype: expected bfloat16 or float16, got ", dtype_name(kind.dtype)));
+  }
+  bool known_dim = false;
+  for (int d : kKernelHeadDims) known_dim = known_dim || d == kind.head_dim;
+  if (!known_dim) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("kind.head_dim: expected 64, 128 or 256, got ", kind.head_dim));
+  }
+#if FLASHFLEX_WITH_CUDA
+  return cuda::load_linked_kernel(image, bytes, kind);
+#else
+  detail::no_cuda_backend();
+#endif
+}
+
+}  // namespace flashflex

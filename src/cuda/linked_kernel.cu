@@ -1,0 +1,54 @@
+// Loading of linked cubins (linked_kernel.hpp) through the runtime's library API: the image is
+// loaded once into every device (cudaLibraryLoadData copies it) and its one kernel becomes the
+// handle; the handles and their kinds stay registered for the life of the process, so a
+// handle is never reused for another kernel.
+#include "cuda/linked_kernel.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <mutex>
+
+#include "api/message.hpp"
+#include "cuda/cuda_check.hpp"
+
+namespace flashflex::cuda {
+namespace {
+
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::map<const void*, LinkedKernelKind>& registry() {
+  static std::map<const void*, LinkedKernelKind> kinds;
+  return kinds;
+}
+
+}  // namespace
+
+const void* load_linked_kernel(const void* image, std::size_t bytes, const LinkedKernelKind& kind) {
+  (void)bytes;  // a cubin states its own size; the caller's is checked by the API layer
+  cudaLibrary_t library = nullptr;
+  FLASHFLEX_CUDA_CHECK(cudaLibraryLoadData(&library, image, nullptr, nullptr, 0, nullptr, nullptr, 0));
+  unsigned count = 0;
+  FLASHFLEX_CUDA_CHECK(cudaLibraryGetKernelCount(&count, library));
+  if (count != 1) {
+    cudaLibraryUnload(library);
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("image: expected a linked cubin with one kernel, got ", count));
+  }
+  cudaKernel_t kernel = nullptr;
+  FLASHFLEX_CUDA_CHECK(cudaLibraryEnumerateKernels(&kernel, 1, library));
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  registry()[reinterpret_cast<const void*>(kernel)] = kind;
+  return reinterpret_cast<const void*>(kernel);
+}
+
+const LinkedKernelKind* linked_kernel_kind(const void* kernel) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  const auto it = registry().find(kernel);
+  return it == registry().end() ? nullptr : &it->second;
+}
+
+}  // namespace flashflex::cuda
