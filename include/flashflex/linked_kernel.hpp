@@ -29,4 +29,8 @@ struct LinkedKernelKind {
 // LTO-IR exists for, and kCuda when the driver refuses the image.
 const void* load_linked_kernel(const void* image, std::size_t bytes, const LinkedKernelKind& kind);
 
+// Whether this build compiled the LTO-IR of the linked kernels (CMake installs it as
+// share/flashflex/kernels/*.fatbin, and into the Python package as flashflex/kernels/).
+bool has_linked_kernels();
+
 }  // namespace flashflex

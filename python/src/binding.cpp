@@ -264,6 +264,7 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("dv"), py::arg("dbias"), py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"),
           py::arg("deterministic"), py::arg("backend"));
   mod.def("has_cuda_backend", &ff::has_cuda_backend);
+  mod.def("has_linked_kernels", &ff::has_linked_kernels);
   bind_eagle3(mod);
   bind_block_mask_cuda(mod);
 

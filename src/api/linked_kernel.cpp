@@ -12,7 +12,13 @@
 #include "cuda/linked_kernel.hpp"
 #endif
 
+#ifndef FLASHFLEX_WITH_SM90
+#define FLASHFLEX_WITH_SM90 0
+#endif
+
 namespace flashflex {
+
+bool has_linked_kernels() { return FLASHFLEX_WITH_SM90 != 0; }
 
 const void* load_linked_kernel(const void* image, std::size_t bytes, const LinkedKernelKind& kind) {
   static constexpr unsigned char kElf[4] = {0x7f, 'E', 'L', 'F'};
