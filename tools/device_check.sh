@@ -9,8 +9,9 @@
 # benchmark tables and PNGs are $OUT/<gpu>_{forward,backward,eagle3_unroll}.{md,png}. Step profile
 # (not in the default set): Nsight Compute on one call of flashflex and of FA4
 # (bench/profile_case.py), summaries $OUT/profile_<impl>.txt (tools/ncu_summary.py). Steps
-# torchspec (bench/torchspec_layer.py) and train (examples/python/eagle3_ttt_train.py at hidden
-# 4096, 32/8 heads, T=8192), not in the default set either.
+# linked (bench/linked_score_mod.py), torchspec (bench/torchspec_layer.py) and train
+# (examples/python/eagle3_ttt_train.py at hidden 4096, 32/8 heads, T=8192), not in the default
+# set either.
 #
 #   tools/device_check.sh                 # everything but `profile` (well over ten minutes)
 #   STEPS="build profile" tools/device_check.sh   # ncu of flashflex and FA4 on one call each
@@ -131,6 +132,12 @@ if wants eagle3; then
   run_step eagle3 420 "$OUT/eagle3.log" python3 bench/eagle3_unroll.py --budget-s "${EAGLE3_BUDGET_S:-300}" \
     --out "$OUT/${SLUG}_eagle3_unroll.md"
   cat "$OUT/${SLUG}_eagle3_unroll.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/eagle3.log" >>"$SUMMARY"
+fi
+if wants linked; then
+  # Linked score mods: first-call costs (new, cached in a fresh process) and forward time against
+  # the built-in soft-cap (bench/linked_score_mod.py).
+  run_step linked 300 "$OUT/linked.log" python3 bench/linked_score_mod.py --out "$OUT/${SLUG}_linked_score_mod.md"
+  cat "$OUT/${SLUG}_linked_score_mod.md" >>"$SUMMARY" 2>/dev/null || tail -20 "$OUT/linked.log" >>"$SUMMARY"
 fi
 if wants torchspec; then
   # A TorchSpec-style layer: torch flex vs the drop-in vs Eagle3Attention (bench/torchspec_layer.py).

@@ -14,6 +14,7 @@ import torch
 
 import flashflex
 from flashflex import _C, masks
+from flashflex._eagle3_ops import _Workspace
 from flashflex._tensor_ref import stream_of, tensor_ref
 
 
@@ -30,18 +31,15 @@ def run_case(dtype, head_dim, step, deterministic) -> None:
     lse = torch.empty(batch, hq, seq_len).cuda()
     scale = 1.0 / math.sqrt(head_dim)
     refs = (tensor_ref(q), [tensor_ref(k) for k in k_blocks], [tensor_ref(v) for v in v_blocks], tensor_ref(lengths))
-    fwd = (*refs, tensor_ref(out), tensor_ref(lse), scale)
-    nbytes = _C.eagle3_forward_workspace_size(*fwd)
-    ws = torch.empty(nbytes, dtype=torch.uint8).cuda()
-    _C.eagle3_forward(*fwd, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
+    # No cached causal mask (None): each call builds its own in the workspace, so the build runs too.
+    _C.eagle3_forward(*refs, tensor_ref(out), tensor_ref(lse), scale, _C.BACKENDS["AUTO"], None, _Workspace(q.device),
+                      stream_of(q))
     dq = torch.empty_like(q)
     dks = [torch.empty_like(k) for k in k_blocks]
     dvs = [torch.empty_like(v) for v in v_blocks]
-    bwd = (*refs, tensor_ref(out), tensor_ref(dout), tensor_ref(lse), tensor_ref(None), tensor_ref(dq),
-           [tensor_ref(t) for t in dks], [tensor_ref(t) for t in dvs], scale, deterministic)
-    nbytes = _C.eagle3_backward_workspace_size(*bwd)
-    ws = torch.empty(nbytes, dtype=torch.uint8).cuda()
-    _C.eagle3_backward(*bwd, _C.BACKENDS["AUTO"], ws.data_ptr(), nbytes, stream_of(q))
+    _C.eagle3_backward(*refs, tensor_ref(out), tensor_ref(dout), tensor_ref(lse), None, tensor_ref(dq),
+                       [tensor_ref(t) for t in dks], [tensor_ref(t) for t in dvs], scale, deterministic,
+                       _C.BACKENDS["AUTO"], None, _Workspace(q.device), stream_of(q))
     torch.cuda.synchronize()
     for name, t in [("out", out), ("dq", dq)] + [(f"dk{j}", t) for j, t in enumerate(dks)]:
         assert torch.isfinite(t.cpu().float()).all(), (name, dtype, head_dim, step)

@@ -1,6 +1,6 @@
 """Small CUDA forward cases for compute-sanitizer (memcheck, racecheck), run by
 tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
-and empty tiles, every score mod, lse, a grid with more tiles than SMs. Asserts only that outputs are finite where rows see keys;
+and empty tiles, every score mod (a linked one on Hopper), lse, a grid with more tiles than SMs. Asserts only that outputs are finite where rows see keys;
 correctness is tests/python/test_cuda_forward.py's job.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 tools/sanitize_fwd.py
@@ -55,7 +55,23 @@ def main() -> None:
     out = flashflex.flex_attention(q, kv, kv)
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
-    print(f"sanitize_fwd: {cases + 1} forward calls ran")
+    cases += 1
+    # A linked score mod (Hopper: the sm90 forward's linked kernel): ragged lengths, GQA, a mask
+    # with partial and empty tiles, a captured tensor the hook reads.
+    if torch.cuda.get_device_capability()[0] == 9:
+        gate = torch.randn(4, device="cuda")
+        mod = lambda s, b, h, q_idx, kv_idx: 30 * torch.tanh(s / 30) * torch.sigmoid(gate[h])  # noqa: E731
+        causal = flashflex.create_block_mask(masks.causal(-70), None, None, 203, 141, device="cuda")
+        for head_dim in (64, 128, 256):
+            q = torch.randn(2, 4, 203, head_dim, device="cuda", dtype=torch.bfloat16)
+            kv = torch.randn(2, 2, 141, head_dim, device="cuda", dtype=torch.bfloat16)
+            with torch.no_grad():
+                out, lse = flashflex.flex_attention(q, kv, kv, score_mod=mod, block_mask=causal, enable_gqa=True,
+                                                    return_lse=True)
+            torch.cuda.synchronize()
+            assert torch.isfinite(out[torch.isfinite(lse)]).all(), ("linked", head_dim)
+            cases += 1
+    print(f"sanitize_fwd: {cases} forward calls ran")
 
 
 if __name__ == "__main__":

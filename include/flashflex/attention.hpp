@@ -54,9 +54,9 @@ struct BackwardArgs {
 
 // Caller-owned scratch memory on the tensors' device, at least workspace_size() bytes. The
 // backward on CUDA needs it. The forward on CUDA uses it for the Hopper kernels' dynamic tile
-// order (a counter zeroed on the stream: calls on several streams, or beside CUDA-graph replays,
-// never share one); an empty workspace gives those kernels a static order, slower on document
-// masks.
+// order (a counter zeroed on the call's stream), so calls that may run at the same time (on
+// several streams, or beside CUDA-graph replays) each need their own; an empty workspace gives
+// those kernels a static order, slower on document masks.
 struct Workspace {
   void* data = nullptr;
   std::size_t size = 0;

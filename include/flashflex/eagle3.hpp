@@ -77,7 +77,9 @@ std::size_t workspace_size(const Eagle3BackwardArgs& args);
 
 // `stream` is a cudaStream_t for CUDA tensors; unused on the CPU. `workspace`: device memory of
 // at least workspace_size(args) bytes for CUDA tensors (the causal BlockMask of block 0 is built
-// there on the stream unless args.causal_mask holds it; the backward's scratch follows).
+// there on the stream unless args.causal_mask holds it; then the forward's tile counter, or the
+// backward's scratch). A forward with args.causal_mask and an empty workspace runs without one
+// (the Hopper kernel's static tile order, as flashflex::forward).
 // Arguments are validated before any work; a failure throws flashflex::Error. On CUDA,
 // seq_lengths stay on the device and are not read by the host: a value outside [0, T] is clamped
 // there (the CPU path rejects it). The CUDA path takes bfloat16 / float16, at most 16 blocks, and

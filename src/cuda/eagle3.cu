@@ -185,8 +185,12 @@ void eagle3_forward(const Eagle3ForwardArgs& args, double scale, Workspace works
   check_blocks("EAGLE3 forward", args.q, args.k_blocks, args.v_blocks);
   const DeviceBlockMaskPlan plan = mask_plan(args.q);
   const std::size_t mask_ws = mask_bytes(args.causal_mask, plan);
-  check_workspace(workspace, mask_ws + align_up(forward_workspace_size()));
-  const Workspace fwd_workspace{static_cast<unsigned char*>(workspace.data) + mask_ws, workspace.size - mask_ws};
+  // With a prebuilt mask and no workspace, the forward runs without one (its static tile order),
+  // as the plain forward does; otherwise the workspace holds the mask, then the tile counter.
+  const bool bare = mask_ws == 0 && workspace.data == nullptr && workspace.size == 0;
+  if (!bare) check_workspace(workspace, mask_ws + align_up(forward_workspace_size()));
+  const Workspace fwd_workspace =
+      bare ? Workspace{} : Workspace{static_cast<unsigned char*>(workspace.data) + mask_ws, workspace.size - mask_ws};
   const RowLocalKeys keys = row_local_keys(args.k_blocks, args.v_blocks, args.seq_lengths);
 
   DeviceGuard guard(args.q.device.index);

@@ -303,5 +303,5 @@ def test_bias_as_a_list():
 
 def test_score_mod_codes_come_from_the_binding():
     kinds = flashflex._C.SCORE_MOD_KINDS
-    assert kinds == {"none": 0, "softcap": 1, "alibi": 2, "bias": 3}
+    assert kinds == {"none": 0, "softcap": 1, "alibi": 2, "bias": 3, "linked": 4}
     assert score_mods.softcap(2.0).kind == kinds["softcap"]

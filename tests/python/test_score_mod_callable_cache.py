@@ -73,7 +73,8 @@ def test_not_callable_is_refused(gen):
 
 def test_unrecognised_graph_off_cpu_names_its_operations():
     q, k, v = (torch.empty(B, H, n, D, device="meta") for n in (Q, KV, KV))
-    with pytest.raises(NotImplementedError, match="aten.sigmoid.default.*run-time linking of score mods"):
+    with pytest.raises(NotImplementedError, match="aten.sigmoid.default.*cannot be linked into the kernels here: "
+                                                  "linked score mods run on CUDA tensors, got meta"):
         flashflex.flex_attention(q, k, v, score_mod=lambda s, b, h, qi, kv: s * torch.sigmoid(s))
     # A recognised one resolves to the ahead-of-time kernels on any device.
     resolved = resolve_callable(lambda s, b, h, qi, kv: 5 * torch.tanh(s / 5), q, k)

@@ -16,8 +16,8 @@
 // bias s + bias[b', h', q, kv] (size-1 batch / head broadcast, any strides, fp32 / fp16 / bf16);
 // linked, the extern hook flashflex_score_mod, defined only where a kernel built as LTO-IR is
 // linked at run time with generated code (python/flashflex/_score_mod_codegen.py).
-// Indices past Q_LEN or KV_LEN (padding of a ragged tile) read no bias and call no hook; kernels
-// mask them after.
+// Indices past Q_LEN or KV_LEN (padding of a ragged tile) read no bias and reach the hook clamped;
+// kernels mask them after.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -131,12 +131,15 @@ struct ScoreModOp<ScoreModKind::kLinked> {
     return d_score;
   }
   // Link-time optimisation inlines the hook: what a caller leaves unread is never computed.
+  // Padding indices (a ragged tile) are clamped, not branched around: the hook only ever sees
+  // indices inside Q_LEN x KV_LEN, as torch's mods do, and those elements are masked after.
+  // (A branch around the call, decided before the hook is linked in, made the head-dim-256
+  // kernel spill 12-32 bytes; the clamp spills nothing. bench/NOTES.md.)
   __device__ float call(float s, int q, int kv, float& d_score) const {
-    d_score = 1.f;
-    if (q >= p.q_len || kv >= p.kv_len) return s;  // padding: masked later, never handed to the mod
     float d_gathered[kMaxHookGathers];
     int64_t offset[kMaxHookGathers];
-    return flashflex_score_mod(s, b, h, q, kv, p.hook_tensors, &d_score, d_gathered, offset);
+    return flashflex_score_mod(s, b, h, min(q, p.q_len - 1), min(kv, p.kv_len - 1), p.hook_tensors, &d_score,
+                               d_gathered, offset);
   }
 };
 

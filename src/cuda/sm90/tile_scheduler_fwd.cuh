@@ -137,9 +137,10 @@ __device__ __forceinline__ int consumer_tile_index(const FwdTileScheduler<kDynam
   }
 }
 
-// The feed (dynamic order only): its CTA index first, then fetches from the launch's counter,
-// each published, the first invalid one last. The channel's depth keeps the fetches one tile
-// ahead of the consumers, as a fetch when a tile starts would be. counter null: the static order.
+// The feed (kernels built for the dynamic order): its CTA index first, then fetches from the
+// launch's counter, each published, the first invalid one last. The channel's depth keeps the
+// fetches one tile ahead of the consumers, as a fetch when a tile starts would be. counter null
+// (no workspace): the static order's indices, published the same way.
 __device__ __forceinline__ void run_fwd_tile_feed(const FwdTileChannel& ch, const FwdTileScheduler<true>& sched,
                                                   unsigned* counter) {
   int t = static_cast<int>(blockIdx.x);

@@ -1,0 +1,98 @@
+"""The kernels of linked score mods (src/cuda/linked/sm90_fwd.cu, installed as
+flashflex/kernels/*.fatbin of LTO-IR), without a GPU: every shipped kernel links through
+nvJitLink with generated hooks (_score_mod_link.py) into a cubin whose kernel spills nothing and
+serialises no wgmma (ptxas's report in the link log, as tools/check_ptxas.sh checks the compiled
+kernels); and what cannot be linked is refused with a reason. The GPU runs are in
+test_score_mod_linked_cuda.py. Skipped where the build has no sm90 kernels or NVRTC / nvJitLink
+are not installed."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+from flashflex import _C
+from flashflex import _score_mod_link as link
+from flashflex._score_mod_codegen import MAX_GATHERS, generate
+from flashflex._score_mod_graph import capture
+from flashflex._score_mod_linked import generated_or_reason, kernel_path
+
+pytestmark = [
+    pytest.mark.skipif(not _C.has_linked_kernels(), reason="this build has no sm90 kernels"),
+    pytest.mark.skipif(link.available() is not None, reason=str(link.available())),
+]
+
+GATE = torch.randn(4)
+TABLE = torch.randn(2, 33)
+HOOKS = {
+    "silu": lambda s, b, h, q, kv: s * torch.sigmoid(s),
+    "gated_softcap": lambda s, b, h, q, kv: 30 * torch.tanh(s / 30) * torch.sigmoid(GATE[h]),
+    "tanh_relative_table": lambda s, b, h, q, kv: s + torch.tanh(TABLE[b % 2, torch.clamp(q - kv, -16, 16) + 16]),
+    "where_minus_inf": lambda s, b, h, q, kv: torch.where(q - kv <= 20, s, torch.full_like(s, float("-inf"))),
+}
+KERNELS = [(dtype, head_dim) for dtype in (torch.bfloat16, torch.float16) for head_dim in (64, 128, 256)]
+
+
+def _link(dtype, head_dim, mod):
+    with open(kernel_path(dtype, head_dim), "rb") as f:
+        image = f.read()
+    hook = link.compile_ltoir(link._HOOK_PREFIX + generate(capture(mod)).source, "sm_90a", "hook.cu")
+    info = []
+    cubin = link.link_cubin("sm_90a", [image, hook], info)
+    return cubin, info[0]
+
+
+def _check_report(log: str, what: str) -> None:
+    assert "fwd_kernel" in log, f"{what}: no kernel in the link log:\n{log}"
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert spills and all(s == ("0", "0") for s in spills), f"{what} spills:\n{log}"
+    assert "C7512" not in log and "serializ" not in log.lower(), f"{what}: serialized wgmma:\n{log}"
+
+
+@pytest.mark.parametrize("dtype,head_dim", KERNELS, ids=[f"{d}-{h}".replace("torch.", "") for d, h in KERNELS])
+def test_every_shipped_kernel_links_without_spills(dtype, head_dim):
+    assert os.path.exists(kernel_path(dtype, head_dim)), "the build has sm90 kernels but not this LTO-IR"
+    names = list(HOOKS) if (dtype, head_dim) == (torch.bfloat16, 128) else ["silu", "tanh_relative_table"]
+    for name in names:
+        cubin, log = _link(dtype, head_dim, HOOKS[name])
+        assert cubin[:4] == b"\x7fELF"
+        _check_report(log, f"{dtype} head_dim {head_dim} {name}")
+
+
+def test_an_unreadable_image_is_refused_before_the_driver():
+    with pytest.raises(ValueError, match=r"image: expected a cubin \(an ELF image\)"):
+        _C.load_linked_kernel(b"not a cubin", 0, 2, 128)
+    with pytest.raises(ValueError, match="kind.head_dim: expected 64, 128 or 256, got 96"):
+        _C.load_linked_kernel(b"\x7fELF....", 0, 2, 96)
+    with pytest.raises(NotImplementedError, match="kind.pass: only the forward"):
+        _C.load_linked_kernel(b"\x7fELF....", 1, 2, 128)
+
+
+def test_more_gathers_than_the_kernels_hold_are_refused():
+    table = torch.randn(64)
+
+    def many(s, b, h, q, kv):
+        for i in range(MAX_GATHERS + 1):
+            s = s + torch.sin(table[(q + i) % 64])
+        return s
+    with pytest.raises(TypeError, match=f"at most {MAX_GATHERS} gathers"):
+        generate(capture(many))
+
+
+def test_more_captured_tensors_than_the_kernel_parameters_hold_are_refused():
+    tensors = [torch.randn(8) for _ in range(_C.MAX_HOOK_TENSORS + 1)]
+
+    def mod(s, b, h, q, kv):
+        for t in tensors:
+            s = s * torch.sigmoid(t[h])
+        return s
+    generated, why = generated_or_reason(capture(mod))
+    assert generated is None and f"at most {_C.MAX_HOOK_TENSORS} captured tensors" in why
+
+
+def test_an_inexpressible_graph_gives_its_reason():
+    generated, why = generated_or_reason(capture(lambda s, b, h, q, kv: s + torch.lgamma(s)))
+    assert generated is None and "does not support aten.lgamma" in why

@@ -1,0 +1,151 @@
+"""Linked score mods on the GPU (_score_mod_linked.py): callables no built-in expresses run on the
+sm90 forward with their generated hook linked in, against the float64 reference with the
+callable evaluated on every element, over odd lengths, GQA, both layouts, a block mask with
+partial tiles and rows that see no key, both dtypes and every head dim; a call that needs
+gradients and one on the sm80 backend are refused with their reasons; a loaded kernel replays
+under CUDA-graph capture; the disk cache serves a fresh process. Hopper only (elsewhere the
+refusal is checked).
+
+Tolerance, as in test_score_mod_callables_cuda.py: 2 x the error of a low-precision dense
+attention against the same float64 reference, plus 2 ulps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import flashflex
+from flashflex._score_mod_resolve import resolve_callable
+from dense_reference import dense_attention, dense_mask
+from helpers import make_qkv
+from test_cuda_backward import ULP, lowp_attention, rel_err
+from test_score_mod_callables import vmapped
+
+pytestmark = pytest.mark.cuda
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="linked score mods run on the sm90 forward")
+
+
+def _mask(b, h, q, kv):  # partial tiles on the diagonal; rows 0..39 see no key
+    return (kv <= q + 5) & (q >= 40)
+
+
+def _tensors(device, dtype=torch.float32):
+    g = torch.Generator().manual_seed(7)
+    return {"gate": torch.randn(8, generator=g).to(device, dtype), "table": torch.randn(2, 33, generator=g).to(device, dtype)}
+
+
+# name: builder from the captured tensors to the callable (none of them a built-in mod)
+MODS = {
+    "silu": lambda T: lambda s, b, h, q, kv: s * torch.sigmoid(s),
+    "gated_softcap": lambda T: lambda s, b, h, q, kv: 30 * torch.tanh(s / 30) * torch.sigmoid(T["gate"][h]),
+    "tanh_relative_table": lambda T: lambda s, b, h, q, kv: s + torch.tanh(
+        T["table"][b % 2, torch.clamp(q - kv, -16, 16) + 16]),
+    "where_minus_inf": lambda T: lambda s, b, h, q, kv: torch.where(q - kv <= 20, s, torch.full_like(s, float("-inf"))),
+}
+
+
+def _mod(name):
+    return MODS[name](_tensors("cuda"))
+
+
+def _check(gen, mod_name, dtype, head_dim, layout="bhtd", batch=2, hq=8, hkv=2, q_len=301, kv_len=517):
+    mod = _mod(mod_name)
+    q, k, v = (t.cuda() for t in make_qkv(gen, batch, hq, hkv, q_len, kv_len, head_dim, dtype=dtype))
+    if layout == "bthd":  # [B, T, H, D] storage seen as [B, H, T, D]
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    block_mask = flashflex.create_block_mask(_mask, None, None, q_len, kv_len, device="cuda")
+    assert resolve_callable(mod, q, k).linked is not None, "expected the linked path"
+    with torch.no_grad():
+        out, lse = flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
+                                            return_lse=True)
+    mask = dense_mask(_mask, batch, hq, q_len, kv_len)
+    want, want_lse = dense_attention(*(t.cpu().double() for t in (q, k, v)), mask, vmapped(MODS[mod_name](_tensors("cpu", torch.float64))))
+    base, _ = lowp_attention(q, k, v, mask.cuda(), vmapped(mod), head_dim ** -0.5)
+    err, base_err = rel_err(out.cpu(), want), rel_err(base.cpu(), want)
+    tol = 2 * base_err + 2 * ULP[dtype]
+    assert err <= tol, f"{mod_name} out: error {err:.3e} > {tol:.3e} (2 x low-precision {base_err:.3e} + 2 ulp)"
+    seen = torch.isfinite(want_lse)
+    assert torch.equal(torch.isfinite(lse.cpu()), seen), f"{mod_name}: rows that see nothing differ"
+    assert (out.cpu()[~seen] == 0).all(), f"{mod_name}: a row that sees nothing is not 0"
+    lse_err = (lse.cpu().double()[seen] - want_lse[seen]).abs().max().item()
+    assert lse_err <= 16 * ULP[dtype], f"{mod_name} lse: error {lse_err:.3e}"
+
+
+@needs_hopper
+@pytest.mark.parametrize("mod_name", ["silu", "gated_softcap", "tanh_relative_table", "where_minus_inf"])
+def test_linked_mods_bf16_hdim128(mod_name, gen):
+    _check(gen, mod_name, torch.bfloat16, 128)
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_every_kernel(dtype, head_dim, gen):
+    _check(gen, "tanh_relative_table", dtype, head_dim)
+
+
+@needs_hopper
+@pytest.mark.parametrize("hq,hkv", [(5, 1), (7, 7), (12, 4)])
+def test_gqa_and_the_other_layout(hq, hkv, gen):
+    _check(gen, "gated_softcap" if hq <= 8 else "silu", torch.bfloat16, 64, layout="bthd", batch=1, hq=hq, hkv=hkv,
+           q_len=130, kv_len=129)
+
+
+@needs_hopper
+def test_a_call_that_needs_gradients_is_refused(gen):
+    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 64, dtype=torch.bfloat16))
+    q.requires_grad_()
+    with pytest.raises(NotImplementedError, match="backward of a linked score mod is not built"):
+        flashflex.flex_attention(q, k, v, score_mod=_mod("silu"))
+
+
+@needs_hopper
+def test_the_sm80_backend_is_refused(gen):
+    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 64, dtype=torch.bfloat16))
+    with torch.no_grad(), pytest.raises(NotImplementedError, match="runs on the sm90 forward only"):
+        flashflex.flex_attention(q, k, v, score_mod=_mod("silu"), kernel_options={"BACKEND": "SM80"})
+
+
+@needs_hopper
+def test_cuda_graph_replays_a_loaded_kernel(gen):
+    mod = _mod("gated_softcap")
+    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 8, 2, 257, 257, 128, dtype=torch.bfloat16))
+    with torch.no_grad():
+        flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True)  # links and loads outside capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True)
+        for _ in range(2):
+            q.copy_(torch.randn_like(q))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True))
+
+
+@pytest.mark.skipif(HOPPER, reason="elsewhere: the refusal")
+def test_off_hopper_the_refusal_says_why(gen):
+    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 64, dtype=torch.bfloat16))
+    with pytest.raises(NotImplementedError, match="cannot be linked into the kernels here: linked score mods run on "
+                                                  "the Hopper forward only"):
+        flashflex.flex_attention(q, k, v, score_mod=_mod("silu"))
+
+
+@needs_hopper
+def test_the_disk_cache_serves_a_fresh_process(tmp_path):
+    script = textwrap.dedent("""
+        import torch, flashflex
+        from flashflex._score_mod_resolve import resolve_callable
+        q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.bfloat16)
+        mod = lambda s, b, h, q_idx, kv_idx: s * torch.sigmoid(s) + 0.125
+        print(resolve_callable(mod, q, q).linked.from_cache)
+    """)
+    env = dict(os.environ, FLASHFLEX_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    assert [r.stdout.strip() for r in runs] == ["False", "True"], [r.stderr for r in runs]
