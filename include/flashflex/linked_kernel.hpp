@@ -4,8 +4,9 @@
 // NVRTC and nvJitLink) and loads it here once. The handle then goes into ScoreMod::linked for
 // each call; the library checks that it was loaded for the call's pass, dtype and head dim.
 //
-// Built so far: the Hopper (sm_90a) forward, bf16 / fp16, head dims 64, 128, 256. The
-// backward of a linked mod is not built: a backward with one raises Error(kUnsupported).
+// Built: the Hopper (sm_90a) forward, bf16 / fp16, head dims 64, 128, 256, and the sm90
+// backward main kernel at head dims 64 and 128 (dq, dk, dv, and the gradients of captured
+// tensors through ScoreMod::hook_gather_grads, added atomically: not in deterministic mode).
 #pragma once
 
 #include <cstddef>

@@ -24,6 +24,7 @@ enum class ScoreModKind : int {
 // (0 float32, 1 float64, 2 bfloat16, 3 float16, 4 int32, 5 int64, 6 bool / uint8, 7 int16, 8 int8).
 inline constexpr int kHookTensorDims = 8;
 inline constexpr int kMaxHookTensors = 4;  // they travel in the kernel parameters (no copy, graph-safe)
+inline constexpr int kMaxHookGathers = 8;  // floating gathers one hook makes (_score_mod_codegen.MAX_GATHERS)
 struct HookTensor {
   const void* data = nullptr;
   int64_t stride[kHookTensorDims] = {};
@@ -42,6 +43,9 @@ struct ScoreMod {
   const void* linked_kernel = nullptr;
   int num_hook_tensors = 0;
   HookTensor hook_tensors[kMaxHookTensors];
+  // kLinked, backward: for gather g of the hook, a float32 buffer with the strides of the tensor
+  // it gathers from (zeroed by the caller), where d loss / d element is added; null: none wanted.
+  float* hook_gather_grads[kMaxHookGathers] = {};
 
   static ScoreMod none() { return {}; }
   static ScoreMod soft_cap(double cap) {

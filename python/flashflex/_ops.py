@@ -40,7 +40,7 @@ def _mask_args(mask_tensors: List[Tensor], q: Tensor, k: Tensor):
 def _mod_args(mod_kind: int, cap: float, mod_tensor: Optional[Tensor]):
     slopes = tensor_ref(mod_tensor) if mod_kind != _BIAS else None
     bias = tensor_ref(mod_tensor) if mod_kind == _BIAS else None
-    return (mod_kind, cap, slopes, bias, 0, [])  # no linked kernel (_score_mod_linked.py)
+    return (mod_kind, cap, slopes, bias, 0, [], [])  # no linked kernel (_score_mod_linked.py)
 
 
 def _empty_out(q: Tensor) -> Tensor:
@@ -50,10 +50,16 @@ def _empty_out(q: Tensor) -> Tensor:
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], scale: float, mod_kind: int,
              cap: float, mod_tensor: Optional[Tensor], backend: int) -> Tuple[Tensor, Tensor]:
+    return run_forward(q, k, v, mask_tensors, scale, _mod_args(mod_kind, cap, mod_tensor), backend)
+
+
+def run_forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], scale: float, mod: tuple,
+                backend: int) -> Tuple[Tensor, Tensor]:
+    """The native forward with `mod` as the binding takes it (_mod_args, or a linked mod's)."""
     out = _empty_out(q)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-    args = (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale,
-            _mod_args(mod_kind, cap, mod_tensor), _mask_args(mask_tensors, q, k), backend)
+    args = (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), scale, mod,
+            _mask_args(mask_tensors, q, k), backend)
     # The Hopper kernels' tile counter: one per call, so concurrent calls (streams, graph replays) never share it.
     workspace_bytes = _C.forward_workspace_size(*args)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
@@ -64,19 +70,28 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, mask_tensors: List[Tensor], scale:
 def _backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
               mask_tensors: List[Tensor], scale: float, mod_kind: int, cap: float, mod_tensor: Optional[Tensor],
               need_dbias: bool, deterministic: bool, backend: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbias = torch.empty_like(mod_tensor) if need_dbias else q.new_empty(0)
+    dq, dk, dv = run_backward(dout, dlse, q, k, v, out, lse, mask_tensors, scale,
+                              _mod_args(mod_kind, cap, mod_tensor), dbias if need_dbias else None, deterministic,
+                              backend)
+    return dq, dk, dv, dbias
+
+
+def run_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                 mask_tensors: List[Tensor], scale: float, mod: tuple, dbias: Optional[Tensor], deterministic: bool,
+                 backend: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of the native backward with `mod` as the binding takes it; dbias written if given."""
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     # Named, so that a copy made for the layout outlives the native call reading its pointer.
     dout = unit_inner_stride(dout)
     dlse = None if dlse is None else unit_inner_stride(dlse)
     args = (tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(dout), tensor_ref(lse),
-            tensor_ref(dlse), tensor_ref(dq), tensor_ref(dk), tensor_ref(dv),
-            tensor_ref(dbias) if need_dbias else None, scale, _mod_args(mod_kind, cap, mod_tensor),
-            _mask_args(mask_tensors, q, k), deterministic, backend)
+            tensor_ref(dlse), tensor_ref(dq), tensor_ref(dk), tensor_ref(dv), tensor_ref(dbias) if dbias is not None
+            else None, scale, mod, _mask_args(mask_tensors, q, k), deterministic, backend)
     workspace_bytes = _C.backward_workspace_size(*args)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=q.device) if workspace_bytes else None
     _C.backward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(q))
-    return dq, dk, dv, dbias
+    return dq, dk, dv
 
 
 def _gradients(backward, dout, dlse, q, k, v, out, lse, mask_tensors, scale, mod_kind, cap, mod_tensor,

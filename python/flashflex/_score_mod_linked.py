@@ -1,12 +1,13 @@
 """CUDA score mods no built-in expresses: the generated hook (_score_mod_codegen.py) linked into
-the sm90 forward's LTO-IR (src/cuda/linked/sm90_fwd.cu, installed as flashflex/kernels/*.fatbin)
-by _score_mod_link.py, through its disk cache; loaded once per process (flashflex._C's
+the sm90 kernels' LTO-IR (src/cuda/linked/, installed as flashflex/kernels/*.fatbin) by
+_score_mod_link.py, through its disk cache; loaded once per process (flashflex._C's
 load_linked_kernel) and launched with the hook's tensors in the kernel parameters (no copy, so
-CUDA-graph capture works once the kernel is loaded).
+CUDA-graph capture works once the kernels are loaded).
 
-Built: the forward on Hopper (compute capability 9.x), bfloat16 / float16, head dims 64, 128 and
-256. The backward of a linked mod is not built: a call that needs gradients raises
-NotImplementedError before any work."""
+Built: Hopper (compute capability 9.x), bfloat16 / float16; the forward at head dims 64, 128 and
+256, the backward at 64 and 128 (the sm90 backward's). The backward gives dq, dk, dv and the
+gradients of captured tensors that require them (each gather's partial times dS, added
+atomically into float32 buffers: not in deterministic mode)."""
 
 from __future__ import annotations
 
@@ -15,25 +16,31 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
+from torch.autograd.function import once_differentiable
 
 from . import _C
 from . import _score_mod_link as link
+from ._ops import run_backward, run_forward
 from ._score_mod_codegen import Generated, generate, tensor_descriptor
 from ._score_mod_graph import ScoreModGraph
-from ._tensor_ref import DTYPE_CODES, stream_of, tensor_ref
+from ._tensor_ref import DTYPE_CODES
 
 __all__ = ["LinkedScoreMod", "linked_score_mod", "kernel_path"]
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 ARCH = "sm_90a"
 _LINKED = _C.SCORE_MOD_KINDS["linked"]
-_FORWARD_PASS = 0
+_FORWARD_PASS, _BACKWARD_PASS = 0, 1  # flashflex::KernelPass
+BACKWARD_HEAD_DIMS = (64, 128)  # the sm90 backward's (src/cuda/linked/sm90_bwd.cu)
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-_HANDLES: Dict[Tuple[str, torch.dtype, int], int] = {}  # (hook source, dtype, head dim) -> kernel
+_HANDLES: Dict[Tuple[str, int, torch.dtype, int], int] = {}  # (hook source, pass, dtype, head dim) -> kernel
 
 
-def kernel_path(dtype: torch.dtype, head_dim: int) -> str:
-    return os.path.join(KERNEL_DIR, f"sm90_fwd_{_DTYPE_NAMES.get(dtype, dtype)}_hdim{head_dim}.fatbin")
+def kernel_path(dtype: torch.dtype, head_dim: int, pass_: int = 0) -> str:
+    """The LTO-IR of one pass (0 forward, 1 backward) for dtype and head dim."""
+    name = "bwd" if pass_ == _BACKWARD_PASS else "fwd"
+    return os.path.join(KERNEL_DIR, f"sm90_{name}_{_DTYPE_NAMES.get(dtype, dtype)}_hdim{head_dim}.fatbin")
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,40 +50,86 @@ def _kernel_image(path: str) -> bytes:
 
 
 class LinkedScoreMod:
-    """A callable's graph as a linked kernel for one (dtype, head dim): `attend` runs the forward."""
+    """A callable's graph as linked kernels for one (dtype, head dim): `attend` runs the forward
+    (and, through autograd, the backward, whose kernel is loaded with the first call needing it)."""
 
-    def __init__(self, generated: Generated, handle: int, from_cache: bool):
+    def __init__(self, generated: Generated, handle: int, from_cache: bool, dtype: torch.dtype, head_dim: int):
         self.generated = generated
         self.handle = handle
-        self.from_cache = from_cache  # the cubin came from the disk cache (or this process)
+        self.from_cache = from_cache  # the forward's cubin came from the disk cache (or this process)
+        self.dtype, self.head_dim = dtype, head_dim
+        self._backward_handle: Optional[int] = None
 
-    def attend(self, query, key, value, mask_tensors: List[torch.Tensor], scale: float, backend: int):
-        """(out, lse) of the forward; NotImplementedError where gradients are needed."""
-        return _attend_outside_trace(self, query, key, value, mask_tensors, scale, backend)
+    def backward_handle(self) -> int:
+        if self._backward_handle is None:
+            if self.head_dim not in BACKWARD_HEAD_DIMS:
+                raise NotImplementedError(
+                    f"score_mod: the backward of a linked score mod is built for head dims "
+                    f"{BACKWARD_HEAD_DIMS} (the sm90 backward's), got {self.head_dim}; run this one forward only "
+                    f"(torch.no_grad(), or inputs that need no gradient)")
+            self._backward_handle, _ = _load(self.generated, _BACKWARD_PASS, self.dtype, self.head_dim)
+        return self._backward_handle
+
+    def attend(self, query, key, value, mask_tensors: List[torch.Tensor], scale: float, deterministic: bool,
+               backend: int):
+        """(out, lse), differentiable in query, key, value and the hook's captured tensors."""
+        return _attend_outside_trace(self, query, key, value, mask_tensors, scale, deterministic, backend)
 
 
-def _attend(mod: LinkedScoreMod, query, key, value, mask_tensors, scale, backend):
-    from ._ops import _empty_out, _mask_args  # _ops imports the resolution path: no cycle at import
-    # 0-d tensors act as numbers on any device: the kernel reads them on query's
-    inputs = [t if t.device == query.device else t.to(query.device) for t in mod.generated.inputs()]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *inputs)):
-        raise NotImplementedError(
-            "score_mod: the backward of a linked score mod is not built yet; on CUDA such a mod runs "
-            "forward only (under torch.no_grad(), or with inputs that need no gradient)")
-    out = _empty_out(query)
-    lse = query.new_empty(query.shape[:-1], dtype=torch.float32)
-    hook = (_LINKED, 0.0, None, None, mod.handle, [tensor_descriptor(t) for t in inputs])
-    args = (tensor_ref(query), tensor_ref(key), tensor_ref(value), tensor_ref(out), tensor_ref(lse), scale, hook,
-            _mask_args(mask_tensors, query, key), backend)
-    workspace_bytes = _C.forward_workspace_size(*args)
-    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=query.device) if workspace_bytes else None
-    # inputs stay referenced until the launch is queued; later frees are ordered on this stream
-    _C.forward(*args, workspace.data_ptr() if workspace is not None else 0, workspace_bytes, stream_of(query))
-    return out, lse
+def _attend(mod: LinkedScoreMod, query, key, value, mask_tensors, scale, deterministic, backend):
+    inputs = []
+    for t in mod.generated.inputs():
+        t = t if t.device == query.device else t.to(query.device)  # 0-d tensors act as numbers on any device
+        # a tensor whose gradient the kernel adds to by offset: its own memory, laid out densely
+        inputs.append(t.contiguous() if t.requires_grad else t)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *inputs))
+    # Inside a forward-AD dual level the Function runs, so that dual inputs raise (as _ops.attention).
+    if not needs_grad and _forward_ad._current_level < 0:
+        return run_forward(query, key, value, mask_tensors, scale, _forward_mod(mod, inputs), backend)
+    if deterministic and any(t.requires_grad for t in inputs):
+        raise NotImplementedError("score_mod: the gradients of a linked mod's captured tensors are added atomically; "
+                                  "kernel_options={'deterministic': True} cannot take them")
+    mod.backward_handle()  # loaded now, outside any later graph capture of the backward
+    return _LinkedAttention.apply(mod, mask_tensors, scale, deterministic, backend, query, key, value, *inputs)
 
 
 # Under torch.compile the call runs eagerly (a graph break): dynamo does not trace the binding.
 _attend_outside_trace = torch._dynamo.disable(_attend)
+
+
+def _forward_mod(mod: LinkedScoreMod, inputs) -> tuple:
+    return (_LINKED, 0.0, None, None, mod.handle, [tensor_descriptor(t) for t in inputs], [])
+
+
+class _LinkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mod, mask_tensors, scale, deterministic, backend, query, key, value, *inputs):
+        out, lse = run_forward(query, key, value, mask_tensors, scale, _forward_mod(mod, inputs), backend)
+        ctx.save_for_backward(query, key, value, out, lse, *mask_tensors, *inputs)
+        ctx.mod, ctx.scale, ctx.deterministic, ctx.backend = mod, scale, deterministic, backend
+        ctx.num_masks = len(mask_tensors)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    @once_differentiable  # the native backward is not differentiable: a second order raises
+    def backward(ctx, dout, dlse):
+        query, key, value, out, lse, *rest = ctx.saved_tensors
+        mask_tensors, inputs = rest[:ctx.num_masks], rest[ctx.num_masks:]
+        mod = ctx.mod
+        wanted = ctx.needs_input_grad[8:]
+        # float32 accumulators, one per captured tensor wanting its gradient; gathers add by offset
+        accum = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) if want else None
+                 for t, want in zip(inputs, wanted)]
+        gather_grads = [accum[g.tensor].data_ptr() if accum[g.tensor] is not None else 0
+                        for g in mod.generated.gathers]
+        hook = (_LINKED, 0.0, None, None, mod.backward_handle(), [tensor_descriptor(t) for t in inputs], gather_grads)
+        if dout is None:  # only lse reached the loss
+            dout = torch.zeros_like(out)
+        dq, dk, dv = run_backward(dout, dlse, query, key, value, out, lse, list(mask_tensors), ctx.scale, hook, None,
+                                  ctx.deterministic, ctx.backend)
+        grads = [a.to(t.dtype) if a is not None else None for a, t in zip(accum, inputs)]
+        return (None, None, None, None, None, dq, dk, dv, *grads)
 
 
 def unavailable(graph: ScoreModGraph, query: torch.Tensor) -> Optional[str]:
@@ -96,17 +149,25 @@ def unavailable(graph: ScoreModGraph, query: torch.Tensor) -> Optional[str]:
 
 
 def linked_score_mod(generated: Generated, query: torch.Tensor) -> LinkedScoreMod:
-    """The loaded kernel of `generated` for query's dtype and head dim (unavailable() gave None)."""
+    """The loaded forward kernel of `generated` for query's dtype and head dim (unavailable() gave None)."""
     dtype, head_dim = query.dtype, query.shape[-1]
-    key = (generated.source, dtype, head_dim)
+    handle, from_cache = _load(generated, _FORWARD_PASS, dtype, head_dim)
+    return LinkedScoreMod(generated, handle, from_cache, dtype, head_dim)
+
+
+def _load(generated: Generated, pass_: int, dtype: torch.dtype, head_dim: int) -> Tuple[int, bool]:
+    """(kernel handle, whether the cubin was linked before) of one pass, loaded once per process."""
+    key = (generated.source, pass_, dtype, head_dim)
     handle = _HANDLES.get(key)
     if handle is not None:
-        return LinkedScoreMod(generated, handle, True)
-    path = kernel_path(dtype, head_dim)
+        return handle, True
+    path = kernel_path(dtype, head_dim, pass_)
+    if not os.path.exists(path):
+        raise NotImplementedError(f"score_mod: this build has no LTO-IR of the linked kernel ({path} is missing)")
     cubin, from_cache = link.linked_hook(generated.source, ARCH, [(os.path.basename(path), _kernel_image(path))])
-    handle = _C.load_linked_kernel(cubin, _FORWARD_PASS, DTYPE_CODES[dtype], head_dim)
+    handle = _C.load_linked_kernel(cubin, pass_, DTYPE_CODES[dtype], head_dim)
     _HANDLES[key] = handle
-    return LinkedScoreMod(generated, handle, from_cache)
+    return handle, from_cache
 
 
 def generated_or_reason(graph: ScoreModGraph):

@@ -2,8 +2,8 @@
 recognised (_score_mod_recognize.py) once per callable and cached, then bound to the call's shapes:
 a built-in ScoreMod with a factor for the softmax scale; or, on CPU tensors, the graph itself
 (evaluated exactly in float64 by _score_mod_cpu.py); or, on CUDA tensors, the graph's generated
-code linked into the kernels (_score_mod_linked.py: the Hopper forward so far). Where none of
-these applies, NotImplementedError says why.
+code linked into the kernels (_score_mod_linked.py: the Hopper kernels). Where none of these
+applies, NotImplementedError says why.
 
 The cache is keyed by the callable's identity (a weak reference guards against id reuse) and a
 fingerprint of what its graph was traced from (code, closure cells, defaults, the globals it

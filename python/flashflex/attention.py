@@ -60,7 +60,7 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         out, lse = graph_mod.attend_cpu(query, key, value, mask, scale)
     elif graph_mod is not None and graph_mod.linked is not None:
         out, lse = graph_mod.linked.attend(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value),
-                                           mask_tensors, scale, backend)
+                                           mask_tensors, scale, deterministic, backend)
     else:
         out, lse = attention(unit_inner_stride(query), unit_inner_stride(key), unit_inner_stride(value), mask_tensors,
                              scale, mod.kind if mod else _NONE, mod.cap if mod else 0.0, mod_tensor, deterministic,

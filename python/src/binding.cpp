@@ -28,9 +28,10 @@ using flashflex::binding::to_ref;
 // A tensor a linked hook reads: (data_ptr, strides, sizes, dtype code), kHookTensorDims each
 // (python/flashflex/_score_mod_codegen.py's tensor_descriptor).
 using HookTuple = std::tuple<std::uintptr_t, std::vector<int64_t>, std::vector<int64_t>, int>;
-// (kind, softcap, alibi slopes, bias, linked kernel handle or 0, the linked hook's tensors)
+// (kind, softcap, alibi slopes, bias, linked kernel handle or 0, the linked hook's tensors, and
+// for the backward each gather's float32 gradient buffer or 0)
 using ModTuple = std::tuple<int, double, std::optional<TensorTuple>, std::optional<TensorTuple>, std::uintptr_t,
-                            std::vector<HookTuple>>;
+                            std::vector<HookTuple>, std::vector<std::uintptr_t>>;
 
 ff::ScoreMod to_mod(const ModTuple& m) {
   ff::ScoreMod mod;
@@ -57,6 +58,13 @@ ff::ScoreMod to_mod(const ModTuple& m) {
     for (int d = 0; d < ff::kHookTensorDims; ++d) t.stride[d] = strides[d], t.size[d] = sizes[d];
     t.dtype = dtype;
   }
+  const std::vector<std::uintptr_t>& grads = std::get<6>(m);
+  if (grads.size() > static_cast<size_t>(ff::kMaxHookGathers)) {
+    throw ff::Error(ff::ErrorKind::kInvalidArgument, "score_mod: expected at most " +
+                                                         std::to_string(ff::kMaxHookGathers) +
+                                                         " gather gradients, got " + std::to_string(grads.size()));
+  }
+  for (size_t g = 0; g < grads.size(); ++g) mod.hook_gather_grads[g] = reinterpret_cast<float*>(grads[g]);
   return mod;
 }
 

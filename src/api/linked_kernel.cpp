@@ -25,8 +25,10 @@ const void* load_linked_kernel(const void* image, std::size_t bytes, const Linke
   if (image == nullptr || bytes < sizeof kElf || std::memcmp(image, kElf, sizeof kElf) != 0) {
     throw Error(ErrorKind::kInvalidArgument, "image: expected a cubin (an ELF image), as nvJitLink links it");
   }
-  if (kind.pass != KernelPass::kForward) {
-    throw Error(ErrorKind::kUnsupported, "kind.pass: only the forward of a linked score mod is built");
+  if (kind.pass != KernelPass::kForward && kind.pass != KernelPass::kBackward) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("kind.pass: expected forward (0) or backward (1), got ",
+                                          static_cast<int>(kind.pass)));
   }
   if (kind.dtype != DType::kBFloat16 && kind.dtype != DType::kFloat16) {
     throw Error(ErrorKind::kInvalidArgument,
@@ -37,6 +39,10 @@ const void* load_linked_kernel(const void* image, std::size_t bytes, const Linke
   if (!known_dim) {
     throw Error(ErrorKind::kInvalidArgument,
                 flashflex::detail::concat("kind.head_dim: expected 64, 128 or 256, got ", kind.head_dim));
+  }
+  if (kind.pass == KernelPass::kBackward && kind.head_dim == 256) {
+    throw Error(ErrorKind::kUnsupported, "kind.head_dim: the linked backward is built for head dims 64 and 128 "
+                                         "(the sm90 backward's), got 256");
   }
 #if FLASHFLEX_WITH_CUDA
   return cuda::load_linked_kernel(image, bytes, kind);

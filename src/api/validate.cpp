@@ -432,9 +432,6 @@ AttentionShape validate_backward(const BackwardArgs& a) {
   check_like("dv", a.dv, s, s.kv_heads, s.kv_len, s.v_head_dim, "as v", true);
   check_scale(a.scale);
   check_score_mod(a.score_mod, s);
-  if (a.score_mod.kind == ScoreModKind::kLinked) {
-    fail(ErrorKind::kUnsupported, "score_mod: the backward of a linked score mod is not built yet (forward only)");
-  }
   if (a.dbias.defined()) {
     if (a.score_mod.kind != ScoreModKind::kBias) {
       fail(ErrorKind::kInvalidArgument, "dbias: expected only with score_mod bias, got score_mod ",

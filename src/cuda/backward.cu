@@ -6,7 +6,8 @@
 //          mask] dQ order of the kv tiles; preprocess: LSE2, dpsum = rowsum(dO * O) - dlse
 //   main   the main kernel of the key from the table below (kernel_table.hpp; sm80/bwd_*.cu,
 //          sm90/bwd_*.cu; with the automatic backend, a call the sm90 kernel cannot take, as
-//          sm90::bwd_unsupported says, runs on the sm80 kernel)
+//          sm90::bwd_unsupported says, runs on the sm80 kernel); a linked score mod's kernel
+//          (linked_kernel.hpp) on the sm90 path only
 //   post   dq = dQacc * scale; dk, dv summed over the CTAs of a split GQA group; dbias
 // (the passes other than main: bwd/passes.hpp). GQA: a CTA walks heads_per_cta query heads of its
 // group (choose_heads_per_cta below); the group's other heads go to sibling CTAs whose fp32 dK / dV
@@ -22,6 +23,7 @@
 #include "cuda/kernel_table.hpp"
 #include "cuda/launch.hpp"
 #include "cuda/launch_common.hpp"
+#include "cuda/linked_kernel.hpp"
 #include "cuda/sm80/launch_bwd.hpp"
 #if FLASHFLEX_WITH_SM90
 #include "cuda/sm90/launch_bwd.hpp"
@@ -56,6 +58,57 @@ constexpr auto kBwdKernels =
 #else
 constexpr auto kBwdKernels = make_kernel_rows<LaunchBwd, Sm80BwdRow>();
 #endif
+
+#if FLASHFLEX_WITH_SM90
+using LaunchBwdLinked = void (*)(const BwdParams&, const void*, void*);
+
+template <DType kDType, int kHeadDim>
+constexpr KernelEntry<LaunchBwdLinked> linked_row() {
+  return {{Arch::kSm90, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm90::launch_bwd_linked<kDType, kHeadDim>};
+}
+
+// The launchers of src/cuda/linked/sm90_bwd.cu's kernels, by dtype and head dim.
+constexpr std::array<KernelEntry<LaunchBwdLinked>, 4> kLinkedBwdKernels{
+    {linked_row<DType::kBFloat16, 64>(), linked_row<DType::kBFloat16, 128>(), linked_row<DType::kFloat16, 64>(),
+     linked_row<DType::kFloat16, 128>()}};
+#endif
+
+// A linked score mod's main kernel (linked_kernel.hpp): loaded for this call's pass, dtype and
+// head dim, on the sm90 backward only; the plan launches it instead of a table entry.
+void plan_linked(const BackwardArgs& args, Arch arch, BackwardPlan& plan) {
+  const LinkedKernelKind* kind = linked_kernel_kind(args.score_mod.linked_kernel);
+  const int head_dim = static_cast<int>(args.q.sizes[3]);
+  if (kind == nullptr) {
+    throw Error(ErrorKind::kInvalidArgument, "score_mod.linked_kernel: expected a handle from load_linked_kernel");
+  }
+  if (kind->pass != KernelPass::kBackward || kind->dtype != args.q.dtype || kind->head_dim != head_dim) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("score_mod.linked_kernel: loaded for ",
+                                          kind->pass == KernelPass::kForward ? "the forward" : "the backward", ", ",
+                                          dtype_name(kind->dtype), ", head_dim ", kind->head_dim,
+                                          "; this call is the backward, ", dtype_name(args.q.dtype), ", head_dim ",
+                                          head_dim));
+  }
+  bool needs_order = false;
+  for (float* g : args.score_mod.hook_gather_grads) needs_order = needs_order || g != nullptr;
+  if (needs_order && args.deterministic) {
+    throw Error(ErrorKind::kUnsupported, "score_mod: the gradients of a linked mod's captured tensors are added "
+                                         "atomically; the deterministic backward cannot take them");
+  }
+#if FLASHFLEX_WITH_SM90
+  if (arch == Arch::kSm90 && args.backend != Backend::kSm80) {
+    if (const char* why = sm90::bwd_unsupported(plan.params)) throw Error(ErrorKind::kUnsupported, why);
+    const KernelKey key{Arch::kSm90, args.q.dtype, head_dim, ScoreModKind::kLinked, false};
+    plan.main_linked = find_kernel(kLinkedBwdKernels, key, "backward").launch;
+    plan.linked_kernel = args.score_mod.linked_kernel;
+    return;
+  }
+#endif
+  (void)arch;
+  throw Error(ErrorKind::kUnsupported,
+              "score_mod: a linked score mod's backward runs on the sm90 kernels only (compute capability 9.x, "
+              "backend AUTO or SM90)");
+}
 
 // ---- checks ----------------------------------------------------------------------------------
 
@@ -239,6 +292,11 @@ BackwardPlan plan_backward(const BackwardArgs& args, double scale, Workspace wor
 
   // Device attributes are read by index: the launches' device guard is the caller's (run_*).
   const Arch arch = select_arch(q.device.index, args.backend);
+  plan.passes = &bwd::find_passes(q.dtype, p.head_dim);
+  if (args.score_mod.kind == ScoreModKind::kLinked) {
+    plan_linked(args, arch, plan);
+    return plan;
+  }
   KernelKey key{arch, q.dtype, p.head_dim, args.score_mod.kind, false};
   const KernelEntry<LaunchBwd>* kernel = &select_kernel(kBwdKernels, key, arch, args.backend, "backward");
 #if FLASHFLEX_WITH_SM90
@@ -251,7 +309,6 @@ BackwardPlan plan_backward(const BackwardArgs& args, double scale, Workspace wor
   }
 #endif
   plan.main = kernel->launch;
-  plan.passes = &bwd::find_passes(q.dtype, p.head_dim);
   return plan;
 }
 
@@ -270,7 +327,10 @@ void run_backward_pre(const BackwardPlan& plan, void* stream) {
   plan.passes->preprocess(p, stream);
 }
 
-void run_backward_main(const BackwardPlan& plan, void* stream) { plan.main(plan.params, stream); }
+void run_backward_main(const BackwardPlan& plan, void* stream) {
+  if (plan.main_linked != nullptr) return plan.main_linked(plan.params, plan.linked_kernel, stream);
+  plan.main(plan.params, stream);
+}
 
 void run_backward_post(const BackwardPlan& plan, void* stream) {
   const BwdParams& p = plan.params;

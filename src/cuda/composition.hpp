@@ -27,6 +27,9 @@ using LaunchBwd = void (*)(const BwdParams&, void*);
 struct BackwardPlan {
   BwdParams params;  // with the workspace arrays laid out (dq_accum, lse2, dpsum, ...)
   LaunchBwd main = nullptr;
+  // A linked score mod (linked_kernel.hpp): its main kernel and launcher, instead of `main`.
+  void (*main_linked)(const BwdParams&, const void*, void*) = nullptr;
+  const void* linked_kernel = nullptr;
   const bwd::Passes* passes = nullptr;
   std::size_t dq_accum_bytes = 0, dbias_bytes = 0, semaphore_bytes = 0, rank_bytes = 0;
   int64_t dbias_elements = 0;  // 0: no dbias

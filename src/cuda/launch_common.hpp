@@ -132,6 +132,7 @@ inline ScoreModParams make_mod_params(const ScoreMod& mod, int q_len, int kv_len
       break;
     case ScoreModKind::kLinked:
       for (int i = 0; i < mod.num_hook_tensors; ++i) m.hook_tensors[i] = mod.hook_tensors[i];
+      for (int g = 0; g < kMaxHookGathers; ++g) m.hook_gather_grads[g] = mod.hook_gather_grads[g];
       break;
     case ScoreModKind::kNone:
       break;

@@ -67,6 +67,7 @@ struct ScoreModParams {
   int q_len = 0;
   int kv_len = 0;
   HookTensor hook_tensors[kMaxHookTensors];  // kLinked: what the linked hook reads
+  float* hook_gather_grads[kMaxHookGathers] = {};  // kLinked backward: fp32 gradients per gather, or null
 };
 
 // Most row-local blocks one launch takes (TTT step k <= 15): the pointer tables travel in the

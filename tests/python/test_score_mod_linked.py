@@ -1,4 +1,4 @@
-"""The kernels of linked score mods (src/cuda/linked/sm90_fwd.cu, installed as
+"""The kernels of linked score mods (src/cuda/linked/sm90_fwd.cu and sm90_bwd.cu, installed as
 flashflex/kernels/*.fatbin of LTO-IR), without a GPU: every shipped kernel links through
 nvJitLink with generated hooks (_score_mod_link.py) into a cubin whose kernel spills nothing and
 serialises no wgmma (ptxas's report in the link log, as tools/check_ptxas.sh checks the compiled
@@ -18,7 +18,7 @@ from flashflex import _C
 from flashflex import _score_mod_link as link
 from flashflex._score_mod_codegen import MAX_GATHERS, generate
 from flashflex._score_mod_graph import capture
-from flashflex._score_mod_linked import generated_or_reason, kernel_path
+from flashflex._score_mod_linked import BACKWARD_HEAD_DIMS, generated_or_reason, kernel_path
 
 pytestmark = [
     pytest.mark.skipif(not _C.has_linked_kernels(), reason="this build has no sm90 kernels"),
@@ -26,18 +26,20 @@ pytestmark = [
 ]
 
 GATE = torch.randn(4)
-TABLE = torch.randn(2, 33)
+TABLE = torch.randn(2, 33, requires_grad=True)  # a learnable table: the backward's gather gradient
 HOOKS = {
     "silu": lambda s, b, h, q, kv: s * torch.sigmoid(s),
     "gated_softcap": lambda s, b, h, q, kv: 30 * torch.tanh(s / 30) * torch.sigmoid(GATE[h]),
     "tanh_relative_table": lambda s, b, h, q, kv: s + torch.tanh(TABLE[b % 2, torch.clamp(q - kv, -16, 16) + 16]),
     "where_minus_inf": lambda s, b, h, q, kv: torch.where(q - kv <= 20, s, torch.full_like(s, float("-inf"))),
 }
-KERNELS = [(dtype, head_dim) for dtype in (torch.bfloat16, torch.float16) for head_dim in (64, 128, 256)]
+# (pass, dtype, head dim): the forward at every head dim, the backward at the sm90 backward's
+KERNELS = [(pass_, dtype, head_dim) for pass_ in (0, 1) for dtype in (torch.bfloat16, torch.float16)
+           for head_dim in ((64, 128, 256) if pass_ == 0 else BACKWARD_HEAD_DIMS)]
 
 
-def _link(dtype, head_dim, mod):
-    with open(kernel_path(dtype, head_dim), "rb") as f:
+def _link(pass_, dtype, head_dim, mod):
+    with open(kernel_path(dtype, head_dim, pass_), "rb") as f:
         image = f.read()
     hook = link.compile_ltoir(link._HOOK_PREFIX + generate(capture(mod)).source, "sm_90a", "hook.cu")
     info = []
@@ -52,14 +54,15 @@ def _check_report(log: str, what: str) -> None:
     assert "C7512" not in log and "serializ" not in log.lower(), f"{what}: serialized wgmma:\n{log}"
 
 
-@pytest.mark.parametrize("dtype,head_dim", KERNELS, ids=[f"{d}-{h}".replace("torch.", "") for d, h in KERNELS])
-def test_every_shipped_kernel_links_without_spills(dtype, head_dim):
-    assert os.path.exists(kernel_path(dtype, head_dim)), "the build has sm90 kernels but not this LTO-IR"
+@pytest.mark.parametrize("pass_,dtype,head_dim", KERNELS,
+                         ids=[f"{'bwd' if p else 'fwd'}-{d}-{h}".replace("torch.", "") for p, d, h in KERNELS])
+def test_every_shipped_kernel_links_without_spills(pass_, dtype, head_dim):
+    assert os.path.exists(kernel_path(dtype, head_dim, pass_)), "the build has sm90 kernels but not this LTO-IR"
     names = list(HOOKS) if (dtype, head_dim) == (torch.bfloat16, 128) else ["silu", "tanh_relative_table"]
     for name in names:
-        cubin, log = _link(dtype, head_dim, HOOKS[name])
+        cubin, log = _link(pass_, dtype, head_dim, HOOKS[name])
         assert cubin[:4] == b"\x7fELF"
-        _check_report(log, f"{dtype} head_dim {head_dim} {name}")
+        _check_report(log, f"{'backward' if pass_ else 'forward'} {dtype} head_dim {head_dim} {name}")
 
 
 def test_an_unreadable_image_is_refused_before_the_driver():
@@ -67,8 +70,8 @@ def test_an_unreadable_image_is_refused_before_the_driver():
         _C.load_linked_kernel(b"not a cubin", 0, 2, 128)
     with pytest.raises(ValueError, match="kind.head_dim: expected 64, 128 or 256, got 96"):
         _C.load_linked_kernel(b"\x7fELF....", 0, 2, 96)
-    with pytest.raises(NotImplementedError, match="kind.pass: only the forward"):
-        _C.load_linked_kernel(b"\x7fELF....", 1, 2, 128)
+    with pytest.raises(NotImplementedError, match="the linked backward is built for head dims 64 and 128"):
+        _C.load_linked_kernel(b"\x7fELF....", 1, 2, 256)
 
 
 def test_more_gathers_than_the_kernels_hold_are_refused():

@@ -1,10 +1,12 @@
 """Linked score mods on the GPU (_score_mod_linked.py): callables no built-in expresses run on the
 sm90 forward with their generated hook linked in, against the float64 reference with the
 callable evaluated on every element, over odd lengths, GQA, both layouts, a block mask with
-partial tiles and rows that see no key, both dtypes and every head dim; a call that needs
-gradients and one on the sm80 backend are refused with their reasons; a loaded kernel replays
-under CUDA-graph capture; the disk cache serves a fresh process. Hopper only (elsewhere the
-refusal is checked).
+partial tiles and rows that see no key, both dtypes and every head dim; the backward (dq, dk, dv,
+the captured tensors' gradients, through lse too) at head dims 64 and 128, the deterministic mode
+bit for bit; what cannot run (a backward at head dim 256, atomically added gradients in
+deterministic mode, the sm80 backend) is refused with its reason; a loaded kernel replays under
+CUDA-graph capture; the disk cache serves a fresh process. Hopper only (elsewhere the refusal is
+checked).
 
 Tolerance, as in test_score_mod_callables_cuda.py: 2 x the error of a low-precision dense
 attention against the same float64 reference, plus 2 ulps."""
@@ -97,12 +99,78 @@ def test_gqa_and_the_other_layout(hq, hkv, gen):
            q_len=130, kv_len=129)
 
 
+def _grads(attend, q, k, v, leaves, dout, dlse):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, lse = attend(q, k, v)
+    torch.autograd.backward([out.to(dout.dtype), lse.masked_fill(~torch.isfinite(lse), 0).to(dlse.dtype)], [dout, dlse])
+    grads = [t.grad for t in (q, k, v, *leaves)]
+    for t in leaves:
+        t.grad = None
+    return [out] + grads
+
+
+def _check_backward(gen, mod_name, dtype, head_dim, deterministic=False, batch=2, hq=8, hkv=2, q_len=203, kv_len=333):
+    """out, dq, dk, dv and the captured tensors' gradients (through lse too) against float64."""
+    tensors = {n: t.requires_grad_() for n, t in _tensors("cuda").items()}
+    ref_tensors = {n: t.requires_grad_() for n, t in _tensors("cpu", torch.float64).items()}
+    low_tensors = {n: t.detach().clone().requires_grad_() for n, t in tensors.items()}
+    mod, ref_mod, low_mod = MODS[mod_name](tensors), MODS[mod_name](ref_tensors), MODS[mod_name](low_tensors)
+    q, k, v = (t.cuda() for t in make_qkv(gen, batch, hq, hkv, q_len, kv_len, head_dim, dtype=dtype))
+    dout = torch.randn(batch, hq, q_len, head_dim, generator=gen).cuda()
+    dlse = torch.randn(batch, hq, q_len, generator=gen).cuda()
+    block_mask = flashflex.create_block_mask(_mask, None, None, q_len, kv_len, device="cuda")
+    mask = dense_mask(_mask, batch, hq, q_len, kv_len)
+    options = {"deterministic": deterministic}
+    used = [n for n in tensors if n in _USES[mod_name]]
+    got = _grads(lambda q, k, v: flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
+                                                          return_lse=True, kernel_options=options),
+                 q, k, v, [tensors[n] for n in used], dout, dlse)
+    want = _grads(lambda q, k, v: dense_attention(q, k, v, mask, vmapped(ref_mod)),
+                  *(t.cpu().double() for t in (q, k, v)), [ref_tensors[n] for n in used], dout.cpu().double(),
+                  dlse.cpu().double())
+    base = _grads(lambda q, k, v: lowp_attention(q, k, v, mask.cuda(), vmapped(low_mod), head_dim ** -0.5),
+                  q, k, v, [low_tensors[n] for n in used], dout, dlse)
+    floor = 0.01 * max(w.abs().max().item() for w in want[1:4])
+    for what, g, w, b in zip(["out", "dq", "dk", "dv"] + [f"d{n}" for n in used], got, want, base):
+        err, base_err = rel_err(g.cpu(), w, floor), rel_err(b.cpu(), w, floor)
+        tol = 2 * base_err + 2 * ULP[dtype]
+        assert err <= tol, f"{mod_name} {what}: error {err:.3e} > {tol:.3e} (2 x low-precision {base_err:.3e} + 2 ulp)"
+    return got
+
+
+_USES = {"silu": (), "gated_softcap": ("gate",), "tanh_relative_table": ("table",), "where_minus_inf": ()}
+
+
 @needs_hopper
-def test_a_call_that_needs_gradients_is_refused(gen):
-    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 64, dtype=torch.bfloat16))
-    q.requires_grad_()
-    with pytest.raises(NotImplementedError, match="backward of a linked score mod is not built"):
-        flashflex.flex_attention(q, k, v, score_mod=_mod("silu"))
+@pytest.mark.parametrize("mod_name", list(MODS))
+def test_backward_bf16_hdim128(mod_name, gen):
+    _check_backward(gen, mod_name, torch.bfloat16, 128)
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_backward_hdim64_gqa_odd_lengths(dtype, gen):
+    _check_backward(gen, "tanh_relative_table", dtype, 64, batch=1, hq=12, hkv=4, q_len=130, kv_len=129)
+
+
+@needs_hopper
+def test_deterministic_backward_is_bit_identical(gen):
+    first = _check_backward(gen, "silu", torch.bfloat16, 128, deterministic=True)
+    again = _check_backward(gen, "silu", torch.bfloat16, 128, deterministic=True)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
+@needs_hopper
+def test_what_the_backward_cannot_take_is_refused(gen):
+    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 256, dtype=torch.bfloat16))
+    with pytest.raises(NotImplementedError, match=r"built for head dims \(64, 128\)"):
+        flashflex.flex_attention(q.requires_grad_(), k, v, score_mod=_mod("silu"))
+    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 8, 8, 64, 64, 64, dtype=torch.bfloat16))
+    gate = torch.randn(8, device="cuda", requires_grad=True)
+    with pytest.raises(NotImplementedError, match="added atomically"):
+        flashflex.flex_attention(q, k, v, score_mod=MODS["gated_softcap"]({"gate": gate}),
+                                 kernel_options={"deterministic": True})
 
 
 @needs_hopper

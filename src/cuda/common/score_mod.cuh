@@ -112,9 +112,6 @@ extern "C" __device__ float flashflex_score_mod(float score, int32_t b, int32_t 
 
 namespace flashflex::cuda {
 
-// Most gathers a linked hook may make (_score_mod_codegen.MAX_GATHERS): its per-element outputs.
-inline constexpr int kMaxHookGathers = 8;
-
 template <>
 struct ScoreModOp<ScoreModKind::kLinked> {
   static constexpr bool kIsIdentity = false;
@@ -138,6 +135,12 @@ struct ScoreModOp<ScoreModKind::kLinked> {
   __device__ float call(float s, int q, int kv, float& d_score) const {
     float d_gathered[kMaxHookGathers];
     int64_t offset[kMaxHookGathers];
+    return call(s, q, kv, d_score, d_gathered, offset);
+  }
+  // With each gather's partial derivative and the gathered element's offset (the backward's
+  // gradients of captured tensors).
+  __device__ float call(float s, int q, int kv, float& d_score, float (&d_gathered)[kMaxHookGathers],
+                        int64_t (&offset)[kMaxHookGathers]) const {
     return flashflex_score_mod(s, b, h, min(q, p.q_len - 1), min(kv, p.kv_len - 1), p.hook_tensors, &d_score,
                                d_gathered, offset);
   }
@@ -169,6 +172,24 @@ struct ScoreModLogit2<ScoreModKind::kSoftcap> {
     const float t = detail::tanh_fast(acc * p.softcap_scale);
     dmod = 1.f - t * t;
     return t * p.softcap_log2;
+  }
+};
+
+// Linked: value and derivative from one call of the hook, and, for the gradients of captured
+// tensors, each gather's partial and offset.
+template <>
+struct ScoreModLogit2<ScoreModKind::kLinked> {
+  ScoreModOp<ScoreModKind::kLinked> op;
+  float scale;
+  __device__ ScoreModLogit2(const ScoreModParams& mod, float scale_, float, int b, int hq)
+      : op(mod, b, hq), scale(scale_) {}
+  __device__ __forceinline__ float logit2(float acc, int q, int kv, float& dmod) const {
+    return op.call(acc * scale, q, kv, dmod) * kLog2e;
+  }
+  __device__ __forceinline__ float logit2(float acc, int q, int kv, float& dmod,
+                                          float (&d_gathered)[kMaxHookGathers],
+                                          int64_t (&offset)[kMaxHookGathers]) const {
+    return op.call(acc * scale, q, kv, dmod, d_gathered, offset) * kLog2e;
   }
 };
 

@@ -1,5 +1,5 @@
-// Instantiation group of the sm_90a backward main kernel: fp16, head dim 128, every score mod
-// (launch_bwd.cuh); dispatched from src/cuda/backward.cu.
+// Instantiation group of the sm_90a backward main kernel: fp16, head dim 128, every score mod and
+// the launcher of a linked one (launch_bwd.cuh); dispatched from src/cuda/backward.cu.
 #include "cuda/sm90/launch_bwd.cuh"
 
 namespace flashflex::sm90 {
@@ -8,5 +8,6 @@ template void launch_bwd<DType::kFloat16, 128, ScoreModKind::kNone>(const cuda::
 template void launch_bwd<DType::kFloat16, 128, ScoreModKind::kSoftcap>(const cuda::BwdParams&, void*);
 template void launch_bwd<DType::kFloat16, 128, ScoreModKind::kAlibi>(const cuda::BwdParams&, void*);
 template void launch_bwd<DType::kFloat16, 128, ScoreModKind::kBias>(const cuda::BwdParams&, void*);
+template void launch_bwd_linked<DType::kFloat16, 128>(const cuda::BwdParams&, const void*, void*);
 
 }  // namespace flashflex::sm90

@@ -52,10 +52,11 @@ constexpr int kBarDq0 = 2;  // + consumer warpgroup
 // at the word of this thread's keys. Passes:
 //   kP     P^T only (masks, bounds, score mod), while dP^T is still being computed
 //   kDs    then dS^T = P^T (dP^T - dpsum): score mods whose derivative is 1 (kSplitGrad)
-//   kBoth  both at once: soft-cap, whose derivative comes from the value's tanh
+//   kBoth  both at once: soft-cap, whose derivative comes from the value's tanh, and linked mods
+//          (the hook gives value, derivative and its gathers' partials in one call)
 enum class GradPass { kP, kDs, kBoth };
 template <ScoreModKind kMod>
-constexpr bool kSplitGrad = kMod != ScoreModKind::kSoftcap;
+constexpr bool kSplitGrad = kMod != ScoreModKind::kSoftcap && kMod != ScoreModKind::kLinked;
 
 // kMasked = false: a full step inside both sequence bounds (most steps), no visibility work.
 template <class Traits, ScoreModKind kMod, GradPass kPass, bool kMasked>
@@ -91,10 +92,17 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
         const int i = 4 * j + 2 * h + c;
         const int key = key0 + 8 * h;
         float dmod = 1.f;
+        [[maybe_unused]] float d_gathered[kMaxHookGathers];
+        [[maybe_unused]] int64_t offset[kMaxHookGathers];
         if (kWantP) {
           bool visible = true;
           if (kMasked) visible = ((word >> (8 * h)) & 1u) && q < q_lim && key < key_lim;
-          const float logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod);
+          float logit2;
+          if constexpr (kMod == ScoreModKind::kLinked) {
+            logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod, d_gathered, offset);
+          } else {
+            logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod);
+          }
           // Hidden scores enter the exp as -inf (exp2 gives +0).
           acc_s[i] = ptx::exp2_approx(visible && saw_keys ? logit2 - l2 : -INFINITY);
         }
@@ -104,6 +112,16 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
           // P^T is +0 exactly where the score is hidden (or its weight underflowed: ds = 0 there).
           if (kMod == ScoreModKind::kBias && dbias != nullptr && pe != 0.f) {
             atomicAdd(dbias + int64_t(m0 + q) * p.kv_len + (n0 + key), ds);
+          }
+          // d loss / d gathered element = dS * d mod / d element, added where the score counts.
+          if constexpr (kMod == ScoreModKind::kLinked) {
+            if (pe != 0.f) {
+#pragma unroll
+              for (int g = 0; g < kMaxHookGathers; ++g) {
+                float* grad = p.mod.hook_gather_grads[g];
+                if (grad != nullptr) atomicAdd(grad + offset[g], ds * d_gathered[g]);
+              }
+            }
           }
           acc_dp[i] = ds * dmod;
         }

@@ -1,6 +1,7 @@
 // Definition of the sm_90a backward launchers (declared in launch_bwd.hpp): raises the kernel's
 // shared-memory limit once per device (device_info.hpp), encodes the tensor maps of Q, K, V, dO
-// and of the fp32 dQ accumulator (tma_map.hpp) and launches kernel_bwd.cuh's kernel. Blocks
+// and of the fp32 dQ accumulator (tma_map.hpp) and launches kernel_bwd.cuh's kernel (compiled in,
+// or linked at run time with a score mod: launch_bwd_linked). Blocks
 // launch x fastest. Default: grid (kv head x split, kv tile, batch), so every kv head's first kv
 // tile (causal: the longest walk) starts before any second one. Deterministic: grid (kv tile in
 // reverse, kv head x split, batch): the CTAs of one kv head are resident together, and the dQ
@@ -22,13 +23,16 @@
 
 namespace flashflex::sm90 {
 
-template <DType kDType, int kHeadDim, ScoreModKind kMod>
-void launch_bwd(const cuda::BwdParams& p, void* stream) {
+namespace detail {
+
+// Launches `kernel`, bwd_kernel<Traits, ...> for this dtype and head dim: compiled in, or the one
+// kernel of a linked cubin (a cudaKernel_t, which the runtime takes where a function is).
+template <DType kDType, int kHeadDim>
+void launch_bwd_kernel(const void* kernel, const cuda::BwdParams& p, void* stream) {
   using Traits = typename BwdConfig<cuda::element_t<kDType>, kHeadDim>::Traits;
   constexpr int kSmem = Traits::kSmemBytes;
-  auto kernel = bwd_kernel<Traits, kMod>;
   const int device = cuda::current_device();
-  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device, "the sm90 backward", kHeadDim);
+  cuda::prepare_kernel_smem(kernel, kSmem, device, "the sm90 backward", kHeadDim);
   if (p.num_kv_tiles == 0 || p.batch == 0 || p.kv_heads == 0) return;
   constexpr bool kBf16 = kDType == DType::kBFloat16;
   CUtensorMap map_q, map_k, map_v, map_do;
@@ -41,8 +45,22 @@ void launch_bwd(const cuda::BwdParams& p, void* stream) {
                              kHeadDim, 64);
   const unsigned tiles = static_cast<unsigned>(p.num_kv_tiles), heads = static_cast<unsigned>(p.kv_heads * p.splits);
   const dim3 grid(p.deterministic ? tiles : heads, p.deterministic ? heads : tiles, static_cast<unsigned>(p.batch));
-  kernel<<<grid, Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(args, map_q, map_k, map_v, map_do);
-  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+  void* kernel_args[] = {&args, &map_q, &map_k, &map_v, &map_do};
+  FLASHFLEX_CUDA_CHECK(cudaLaunchKernel(kernel, grid, dim3(Traits::kNumThreads), kernel_args, kSmem,
+                                        static_cast<cudaStream_t>(stream)));
+}
+
+}  // namespace detail
+
+template <DType kDType, int kHeadDim, ScoreModKind kMod>
+void launch_bwd(const cuda::BwdParams& p, void* stream) {
+  using Traits = typename BwdConfig<cuda::element_t<kDType>, kHeadDim>::Traits;
+  detail::launch_bwd_kernel<kDType, kHeadDim>(reinterpret_cast<const void*>(bwd_kernel<Traits, kMod>), p, stream);
+}
+
+template <DType kDType, int kHeadDim>
+void launch_bwd_linked(const cuda::BwdParams& p, const void* kernel, void* stream) {
+  detail::launch_bwd_kernel<kDType, kHeadDim>(kernel, p, stream);
 }
 
 }  // namespace flashflex::sm90

@@ -17,6 +17,11 @@ namespace flashflex::sm90 {
 template <DType kDType, int kHeadDim, ScoreModKind kMod>
 void launch_bwd(const cuda::BwdParams& params, void* stream);
 
+// The same with `kernel`, the bwd_kernel of ScoreModKind::kLinked for kDType and kHeadDim linked
+// at run time (src/cuda/linked/sm90_bwd.cu, load_linked_kernel).
+template <DType kDType, int kHeadDim>
+void launch_bwd_linked(const cuda::BwdParams& params, const void* kernel, void* stream);
+
 // Why the sm90 backward cannot take `p` (null: it can): a layout TMA cannot address, a bitmap
 // array not 16-byte aligned, or sizes past its coordinates. With the automatic backend the plan
 // then takes the sm80 kernel.
