@@ -1,8 +1,9 @@
 """Linked score mods (flashflex._score_mod_linked) on a GPU, in one run: what a new mod costs once
 (capture and code generation, NVRTC's compile of the hook, nvJitLink's link with the sm90
 forward's LTO-IR, the driver's load), what the first call of a cached mod costs in a fresh
-process, and the forward's time with linked mods against the built-in mod of similar cost on the
-same inputs (soft-cap), CUDA events, median of --iters calls. B=1, 32 / 8 heads, D=128, bf16.
+process, and the forward's and the backward's times with linked mods against the built-in mod of
+similar cost on the same inputs (soft-cap), CUDA events, median of --iters calls (the backward:
+autograd.grad of q through one retained graph). B=1, 32 / 8 heads, D=128, bf16.
 
     python bench/linked_score_mod.py [--seq-len 16384] [--iters 20] [--out bench/results/h200_linked_score_mod.md]
 
@@ -108,19 +109,25 @@ def main(argv=None) -> int:
     k = torch.randn(1, 8, t, 128, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, 8, t, 128, device="cuda", dtype=torch.bfloat16)
     causal = flashflex.create_block_mask(flashflex.masks.causal(), None, None, t, t, device="cuda")
-    lines += ["", "## Forward ms (median; ratio against the built-in soft-cap of the same mask)", "",
-              "| mod | causal | ratio | no mask | ratio |", "|---|---|---|---|---|"]
+    lines += ["", "## ms, median (ratio: against the built-in soft-cap, same pass and mask)", "",
+              "| mod | fwd causal | ratio | fwd no mask | ratio | bwd causal | ratio |",
+              "|---|---|---|---|---|---|---|"]
     rows = {}
-    with torch.no_grad():
-        for name, mod in mods().items():
-            cells = []
+    dout = torch.randn_like(q)
+    for name, mod in mods().items():
+        cells = []
+        with torch.no_grad():
             for mask in (causal, None):
                 fn = lambda: flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=mask, enable_gqa=True)  # noqa: E731
                 cells.append(timing.cuda_time_ms(fn, args.iters, args.warmup)[0])
-            rows[name] = cells
+        qg = q.detach().requires_grad_()
+        out = flashflex.flex_attention(qg, k, v, score_mod=mod, block_mask=causal, enable_gqa=True)
+        bwd = lambda: torch.autograd.grad(out, qg, dout, retain_graph=True)  # noqa: E731
+        cells.append(timing.cuda_time_ms(bwd, args.iters, args.warmup)[0])
+        rows[name] = cells
     base = rows["softcap built-in"]
-    for name, (c, n) in rows.items():
-        lines.append(f"| {name} | {c:.3f} | {c / base[0]:.3f} | {n:.3f} | {n / base[1]:.3f} |")
+    for name, cells in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{c:.3f} | {c / b:.3f}" for c, b in zip(cells, base)) + " |")
     table = "\n".join(lines) + "\n"
     timing.write_table(table, args.out or timing.default_out("linked_score_mod"), None, plot=False)
     return 0

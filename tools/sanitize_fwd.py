@@ -1,7 +1,8 @@
 """Small CUDA forward cases for compute-sanitizer (memcheck, racecheck), run by
 tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
-and empty tiles, every score mod (a linked one on Hopper), lse, a grid with more tiles than SMs. Asserts only that outputs are finite where rows see keys;
-correctness is tests/python/test_cuda_forward.py's job.
+and empty tiles, every score mod (a linked one on Hopper), lse, a grid with more tiles than SMs.
+Asserts only that outputs are finite where rows see keys; correctness is
+tests/python/test_cuda_forward.py's job.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python3 tools/sanitize_fwd.py
 """

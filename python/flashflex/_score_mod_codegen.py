@@ -578,6 +578,8 @@ def generate(graph: ScoreModGraph) -> Generated:
         f"    float score, int32_t b, int32_t h, int32_t q_idx, int32_t kv_idx,\n"
         f"    const FlexModTensor* tensors, float* d_score, float* d_gathered, int64_t* gathered_offset) {{\n"
         + unused + "\n" + "\n".join(body + tail) + "\n}\n")
+    # Its number of gathers, a constant once linked: the kernels' loops over them shrink to it.
+    function += f"FLASHFLEX_MOD_LINKAGE FLASHFLEX_MOD_FN int {FUNCTION_NAME}_gathers() {{ return {len(e.gathers)}; }}\n"
     return Generated(function, e.gathers, e.inputs, graph)
 
 

@@ -89,7 +89,8 @@ def _attend(mod: LinkedScoreMod, query, key, value, mask_tensors, scale, determi
     if deterministic and any(t.requires_grad for t in inputs):
         raise NotImplementedError("score_mod: the gradients of a linked mod's captured tensors are added atomically; "
                                   "kernel_options={'deterministic': True} cannot take them")
-    mod.backward_handle()  # loaded now, outside any later graph capture of the backward
+    if needs_grad:
+        mod.backward_handle()  # loaded now, outside any later graph capture of the backward
     return _LinkedAttention.apply(mod, mask_tensors, scale, deterministic, backend, query, key, value, *inputs)
 
 

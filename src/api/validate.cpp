@@ -286,7 +286,8 @@ void check_score_mod(const ScoreMod& mod, const AttentionShape& s) {
              device_name(s.device), " tensors");
       }
       if (mod.linked_kernel == nullptr) {
-        fail(ErrorKind::kInvalidArgument, "score_mod.linked_kernel: expected a handle from load_linked_kernel, got null");
+        fail(ErrorKind::kInvalidArgument,
+             "score_mod.linked_kernel: expected a handle from load_linked_kernel, got null");
       }
       if (mod.num_hook_tensors < 0 || mod.num_hook_tensors > kMaxHookTensors) {
         fail(ErrorKind::kInvalidArgument, "score_mod.num_hook_tensors: expected 0 to ", kMaxHookTensors, ", got ",

@@ -30,14 +30,17 @@ TEST(LinkedKernel, RefusesAnImageThatIsNoCubin) {
 }
 
 TEST(LinkedKernel, RefusesKindsWithoutLtoIr) {
-  expect_error([&] { ff::load_linked_kernel(kElf, sizeof kElf, {static_cast<ff::KernelPass>(2), ff::DType::kBFloat16, 128}); },
-               kInvalid, "kind.pass: expected forward (0) or backward (1), got 2");
-  expect_error([&] { ff::load_linked_kernel(kElf, sizeof kElf, {ff::KernelPass::kBackward, ff::DType::kBFloat16, 256}); },
-               kUnsupported, "kind.head_dim: the linked backward is built for head dims 64 and 128 (the sm90 backward's), got 256");
-  expect_error([&] { ff::load_linked_kernel(kElf, sizeof kElf, {ff::KernelPass::kForward, ff::DType::kFloat32, 128}); },
-               kInvalid, "kind.dtype: expected bfloat16 or float16, got float32");
-  expect_error([&] { ff::load_linked_kernel(kElf, sizeof kElf, {ff::KernelPass::kForward, ff::DType::kFloat16, 96}); },
-               kInvalid, "kind.head_dim: expected 64, 128 or 256, got 96");
+  const auto load = [](ff::KernelPass pass, ff::DType dtype, int head_dim) {
+    ff::load_linked_kernel(kElf, sizeof kElf, {pass, dtype, head_dim});
+  };
+  expect_error([&] { load(static_cast<ff::KernelPass>(2), ff::DType::kBFloat16, 128); }, kInvalid,
+               "kind.pass: expected forward (0) or backward (1), got 2");
+  expect_error([&] { load(ff::KernelPass::kForward, ff::DType::kFloat32, 128); }, kInvalid,
+               "kind.dtype: expected bfloat16 or float16, got float32");
+  expect_error([&] { load(ff::KernelPass::kForward, ff::DType::kFloat16, 96); }, kInvalid,
+               "kind.head_dim: expected 64, 128 or 256, got 96");
+  expect_error([&] { load(ff::KernelPass::kBackward, ff::DType::kBFloat16, 256); }, kUnsupported,
+               "kind.head_dim: the linked backward is built for head dims 64 and 128 (the sm90 backward's), got 256");
 }
 
 TEST(LinkedKernel, ScoreModLinkedKeepsItsTensors) {

@@ -214,7 +214,8 @@ TEST_F(Codes, NegativeCudaDeviceIndex) {
 TEST_F(Codes, UnknownScoreModKind) {
   auto a = fwd(7);
   a.score_mod.kind = static_cast<ff::ScoreModKind>(9);
-  expect_error([&] { ff::forward(a); }, kInvalid, "score_mod.kind: expected none, softcap, alibi, bias or linked, got 9");
+  expect_error([&] { ff::forward(a); }, kInvalid,
+               "score_mod.kind: expected none, softcap, alibi, bias or linked, got 9");
 }
 
 }  // namespace

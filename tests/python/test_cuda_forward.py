@@ -313,7 +313,8 @@ def test_poisoned_outputs_are_overwritten(layout, gen):
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device="cuda")
     _C.forward(tensor_ref(q), tensor_ref(k), tensor_ref(v), tensor_ref(out), tensor_ref(lse), None,
-               _mod_args(0, 0.0, None), _mask_args(block_mask._tensors(), q, k), _C.BACKENDS["AUTO"], 0, 0, stream_of(q))
+               _mod_args(0, 0.0, None), _mask_args(block_mask._tensors(), q, k), _C.BACKENDS["AUTO"], 0, 0,
+               stream_of(q))
     torch.cuda.synchronize()
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     _check(out, lse, q, k, v, mask)

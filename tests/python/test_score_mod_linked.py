@@ -47,8 +47,8 @@ def _link(pass_, dtype, head_dim, mod):
     return cubin, info[0]
 
 
-def _check_report(log: str, what: str) -> None:
-    assert "fwd_kernel" in log, f"{what}: no kernel in the link log:\n{log}"
+def _check_report(log: str, kernel: str, what: str) -> None:
+    assert kernel in log, f"{what}: no {kernel} in the link log:\n{log}"
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     assert spills and all(s == ("0", "0") for s in spills), f"{what} spills:\n{log}"
     assert "C7512" not in log and "serializ" not in log.lower(), f"{what}: serialized wgmma:\n{log}"
@@ -62,7 +62,8 @@ def test_every_shipped_kernel_links_without_spills(pass_, dtype, head_dim):
     for name in names:
         cubin, log = _link(pass_, dtype, head_dim, HOOKS[name])
         assert cubin[:4] == b"\x7fELF"
-        _check_report(log, f"{'backward' if pass_ else 'forward'} {dtype} head_dim {head_dim} {name}")
+        _check_report(log, "bwd_kernel" if pass_ else "fwd_kernel",
+                      f"{'backward' if pass_ else 'forward'} {dtype} head_dim {head_dim} {name}")
 
 
 def test_an_unreadable_image_is_refused_before_the_driver():
@@ -99,3 +100,10 @@ def test_more_captured_tensors_than_the_kernel_parameters_hold_are_refused():
 def test_an_inexpressible_graph_gives_its_reason():
     generated, why = generated_or_reason(capture(lambda s, b, h, q, kv: s + torch.lgamma(s)))
     assert generated is None and "does not support aten.lgamma" in why
+
+
+def test_the_hook_states_its_number_of_gathers():
+    # the kernels' loop over gathers folds to this constant once linked (score_mod.cuh)
+    for name, mod in HOOKS.items():
+        generated = generate(capture(mod))
+        assert f"flashflex_score_mod_gathers() {{ return {len(generated.gathers)}; }}" in generated.function, name

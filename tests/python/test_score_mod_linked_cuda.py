@@ -39,7 +39,8 @@ def _mask(b, h, q, kv):  # partial tiles on the diagonal; rows 0..39 see no key
 
 def _tensors(device, dtype=torch.float32):
     g = torch.Generator().manual_seed(7)
-    return {"gate": torch.randn(8, generator=g).to(device, dtype), "table": torch.randn(2, 33, generator=g).to(device, dtype)}
+    return {"gate": torch.randn(8, generator=g).to(device, dtype),
+            "table": torch.randn(2, 33, generator=g).to(device, dtype)}
 
 
 # name: builder from the captured tensors to the callable (none of them a built-in mod)
@@ -67,7 +68,8 @@ def _check(gen, mod_name, dtype, head_dim, layout="bhtd", batch=2, hq=8, hkv=2, 
         out, lse = flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
                                             return_lse=True)
     mask = dense_mask(_mask, batch, hq, q_len, kv_len)
-    want, want_lse = dense_attention(*(t.cpu().double() for t in (q, k, v)), mask, vmapped(MODS[mod_name](_tensors("cpu", torch.float64))))
+    ref_mod = MODS[mod_name](_tensors("cpu", torch.float64))
+    want, want_lse = dense_attention(*(t.cpu().double() for t in (q, k, v)), mask, vmapped(ref_mod))
     base, _ = lowp_attention(q, k, v, mask.cuda(), vmapped(mod), head_dim ** -0.5)
     err, base_err = rel_err(out.cpu(), want), rel_err(base.cpu(), want)
     tol = 2 * base_err + 2 * ULP[dtype]
@@ -122,8 +124,8 @@ def _check_backward(gen, mod_name, dtype, head_dim, deterministic=False, batch=2
     mask = dense_mask(_mask, batch, hq, q_len, kv_len)
     options = {"deterministic": deterministic}
     used = [n for n in tensors if n in _USES[mod_name]]
-    got = _grads(lambda q, k, v: flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
-                                                          return_lse=True, kernel_options=options),
+    got = _grads(lambda q, k, v: flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask,
+                                                          enable_gqa=True, return_lse=True, kernel_options=options),
                  q, k, v, [tensors[n] for n in used], dout, dlse)
     want = _grads(lambda q, k, v: dense_attention(q, k, v, mask, vmapped(ref_mod)),
                   *(t.cpu().double() for t in (q, k, v)), [ref_tensors[n] for n in used], dout.cpu().double(),

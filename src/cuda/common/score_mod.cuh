@@ -109,6 +109,8 @@ struct ScoreModOp<ScoreModKind::kBias> {
 extern "C" __device__ float flashflex_score_mod(float score, int32_t b, int32_t h, int32_t q_idx, int32_t kv_idx,
                                                 const flashflex::HookTensor* tensors, float* d_score,
                                                 float* d_gathered, int64_t* gathered_offset);
+// How many gathers the hook makes (at most kMaxHookGathers): a constant after linking.
+extern "C" __device__ int flashflex_score_mod_gathers();
 
 namespace flashflex::cuda {
 

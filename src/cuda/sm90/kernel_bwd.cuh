@@ -118,6 +118,7 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
             if (pe != 0.f) {
 #pragma unroll
               for (int g = 0; g < kMaxHookGathers; ++g) {
+                if (g >= flashflex_score_mod_gathers()) break;  // folds away once linked
                 float* grad = p.mod.hook_gather_grads[g];
                 if (grad != nullptr) atomicAdd(grad + offset[g], ds * d_gathered[g]);
               }
