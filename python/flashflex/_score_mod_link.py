@@ -174,9 +174,11 @@ def _versions() -> bytes:
     return f"nvrtc {major.value}.{minor.value} nvjitlink {jmajor.value}.{jminor.value}".encode()
 
 
-def linked_hook(hook_source: str, arch: str, kernels: Sequence[Tuple[str, bytes]]) -> Tuple[bytes, bool]:
+def linked_hook(hook_source: str, arch: str, kernels: Sequence[Tuple[str, bytes]],
+                info: Optional[List[str]] = None) -> Tuple[bytes, bool]:
     """(cubin, from_cache): hook_source (a _score_mod_codegen source) compiled and linked with the
-    kernels' LTO-IR modules [(name, bytes)] for arch, through the disk cache. The key covers the
+    kernels' LTO-IR modules [(name, bytes)] for arch, through the disk cache (`info`: as
+    link_cubin's, filled only when the link runs). The key covers the
     hook's source, every kernel module's bytes, the architecture and the tool versions; an entry is
     written whole (a temporary file renamed) and checked against its own digest when read, so a
     crashed or concurrent writer never leaves a half file that is trusted."""
@@ -197,7 +199,7 @@ def linked_hook(hook_source: str, arch: str, kernels: Sequence[Tuple[str, bytes]
     except OSError:
         pass
     hook = compile_ltoir(_HOOK_PREFIX + hook_source, arch, "score_mod_hook.cu")
-    cubin = link_cubin(arch, [data for _, data in kernels] + [hook])
+    cubin = link_cubin(arch, [data for _, data in kernels] + [hook], info)
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)

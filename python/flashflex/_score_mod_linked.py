@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -165,7 +167,14 @@ def _load(generated: Generated, pass_: int, dtype: torch.dtype, head_dim: int) -
     path = kernel_path(dtype, head_dim, pass_)
     if not os.path.exists(path):
         raise NotImplementedError(f"score_mod: this build has no LTO-IR of the linked kernel ({path} is missing)")
-    cubin, from_cache = link.linked_hook(generated.source, ARCH, [(os.path.basename(path), _kernel_image(path))])
+    log: List[str] = []
+    cubin, from_cache = link.linked_hook(generated.source, ARCH, [(os.path.basename(path), _kernel_image(path))],
+                                         log)
+    spilled = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", "".join(log)))
+    if spilled:  # said once, when linked: the cached cubin is the same kernel
+        warnings.warn(f"score_mod: the linked {'backward' if pass_ else 'forward'} kernel ({dtype}, head_dim "
+                      f"{head_dim}) spills {spilled} bytes of registers with this mod; expect it slower than a "
+                      f"built-in mod of the same arithmetic", RuntimeWarning, stacklevel=2)
     handle = _C.load_linked_kernel(cubin, pass_, DTYPE_CODES[dtype], head_dim)
     _HANDLES[key] = handle
     return handle, from_cache

@@ -76,19 +76,8 @@ constexpr std::array<KernelEntry<LaunchBwdLinked>, 4> kLinkedBwdKernels{
 // A linked score mod's main kernel (linked_kernel.hpp): loaded for this call's pass, dtype and
 // head dim, on the sm90 backward only; the plan launches it instead of a table entry.
 void plan_linked(const BackwardArgs& args, Arch arch, BackwardPlan& plan) {
-  const LinkedKernelKind* kind = linked_kernel_kind(args.score_mod.linked_kernel);
   const int head_dim = static_cast<int>(args.q.sizes[3]);
-  if (kind == nullptr) {
-    throw Error(ErrorKind::kInvalidArgument, "score_mod.linked_kernel: expected a handle from load_linked_kernel");
-  }
-  if (kind->pass != KernelPass::kBackward || kind->dtype != args.q.dtype || kind->head_dim != head_dim) {
-    throw Error(ErrorKind::kInvalidArgument,
-                flashflex::detail::concat("score_mod.linked_kernel: loaded for ",
-                                          kind->pass == KernelPass::kForward ? "the forward" : "the backward", ", ",
-                                          dtype_name(kind->dtype), ", head_dim ", kind->head_dim,
-                                          "; this call is the backward, ", dtype_name(args.q.dtype), ", head_dim ",
-                                          head_dim));
-  }
+  check_linked_kernel(args.score_mod.linked_kernel, KernelPass::kBackward, args.q.dtype, head_dim);
   bool needs_order = false;
   for (float* g : args.score_mod.hook_gather_grads) needs_order = needs_order || g != nullptr;
   if (needs_order && args.deterministic) {

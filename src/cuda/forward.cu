@@ -78,19 +78,8 @@ constexpr std::array<KernelEntry<LaunchFwdLinked>, 6> kLinkedFwdKernels{
 // A linked score mod (linked_kernel.hpp): its kernel must have been loaded for this call's
 // pass, dtype and head dim, and it runs on the sm90 forward only.
 void launch_linked(const ForwardArgs& args, const FwdParams& p, Arch arch, void* stream) {
-  const LinkedKernelKind* kind = linked_kernel_kind(args.score_mod.linked_kernel);
   const int head_dim = static_cast<int>(args.q.sizes[3]);
-  if (kind == nullptr) {
-    throw Error(ErrorKind::kInvalidArgument, "score_mod.linked_kernel: expected a handle from load_linked_kernel");
-  }
-  if (kind->pass != KernelPass::kForward || kind->dtype != args.q.dtype || kind->head_dim != head_dim) {
-    throw Error(ErrorKind::kInvalidArgument,
-                flashflex::detail::concat("score_mod.linked_kernel: loaded for ",
-                                          kind->pass == KernelPass::kForward ? "the forward" : "the backward", ", ",
-                                          dtype_name(kind->dtype), ", head_dim ", kind->head_dim,
-                                          "; this call is the forward, ", dtype_name(args.q.dtype), ", head_dim ",
-                                          head_dim));
-  }
+  check_linked_kernel(args.score_mod.linked_kernel, KernelPass::kForward, args.q.dtype, head_dim);
 #if FLASHFLEX_WITH_SM90
   if (arch == Arch::kSm90 && args.backend != Backend::kSm80) {
     const KernelKey key{Arch::kSm90, args.q.dtype, head_dim, ScoreModKind::kLinked, false};

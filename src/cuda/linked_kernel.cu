@@ -45,10 +45,23 @@ const void* load_linked_kernel(const void* image, std::size_t bytes, const Linke
   return reinterpret_cast<const void*>(kernel);
 }
 
-const LinkedKernelKind* linked_kernel_kind(const void* kernel) {
-  std::lock_guard<std::mutex> lock(registry_mutex());
-  const auto it = registry().find(kernel);
-  return it == registry().end() ? nullptr : &it->second;
+void check_linked_kernel(const void* kernel, KernelPass pass, DType dtype, int head_dim) {
+  LinkedKernelKind kind;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    const auto it = registry().find(kernel);
+    if (it == registry().end()) {
+      throw Error(ErrorKind::kInvalidArgument, "score_mod.linked_kernel: expected a handle from load_linked_kernel");
+    }
+    kind = it->second;
+  }
+  const auto pass_name = [](KernelPass p) { return p == KernelPass::kForward ? "the forward" : "the backward"; };
+  if (kind.pass != pass || kind.dtype != dtype || kind.head_dim != head_dim) {
+    throw Error(ErrorKind::kInvalidArgument,
+                flashflex::detail::concat("score_mod.linked_kernel: loaded for ", pass_name(kind.pass), ", ",
+                                          dtype_name(kind.dtype), ", head_dim ", kind.head_dim, "; this call is ",
+                                          pass_name(pass), ", ", dtype_name(dtype), ", head_dim ", head_dim));
+  }
 }
 
 }  // namespace flashflex::cuda

@@ -10,7 +10,8 @@ namespace flashflex::cuda {
 
 const void* load_linked_kernel(const void* image, std::size_t bytes, const LinkedKernelKind& kind);
 
-// The kind `kernel` was loaded as, or null for a handle load_linked_kernel did not return.
-const LinkedKernelKind* linked_kernel_kind(const void* kernel);
+// Checks that `kernel` came from load_linked_kernel as the kernel of `pass` for `dtype` and
+// `head_dim` (a call's); Error(kInvalidArgument) naming what it was loaded as otherwise.
+void check_linked_kernel(const void* kernel, KernelPass pass, DType dtype, int head_dim);
 
 }  // namespace flashflex::cuda

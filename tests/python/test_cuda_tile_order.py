@@ -103,17 +103,23 @@ def test_launches_on_two_streams_at_once(gen):
             _assert_same(CASES[c][0], got, firsts[c])
 
 
-def test_cuda_graph_replays(gen):
-    inputs, firsts = _first_results(gen)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside the capture (conversions, allocator)
+def _captured(inputs, side):
+    """A graph of every case's launch, after a warm-up on `side` outside the capture (conversions,
+    allocator); (graph, its outputs)."""
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
         for args in inputs:
             _run(*args)
-    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = [_run(*args) for args in inputs]
+    return graph, captured
+
+
+def test_cuda_graph_replays(gen):
+    inputs, firsts = _first_results(gen)
+    graph, captured = _captured(inputs, torch.cuda.Stream())
     for _ in range(20):
         graph.replay()
         torch.cuda.synchronize()
@@ -125,14 +131,7 @@ def test_graph_replays_beside_eager_calls_on_another_stream(gen):
     """A captured launch and eager launches running at once each count on their own counter."""
     inputs, firsts = _first_results(gen)
     side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for args in inputs:
-            _run(*args)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = [_run(*args) for args in inputs]
+    graph, captured = _captured(inputs, side)
     torch.cuda.synchronize()
     eager = []
     for i in range(10):

@@ -120,7 +120,8 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
               for (int g = 0; g < kMaxHookGathers; ++g) {
                 if (g >= flashflex_score_mod_gathers()) break;  // folds away once linked
                 float* grad = p.mod.hook_gather_grads[g];
-                if (grad != nullptr) atomicAdd(grad + offset[g], ds * d_gathered[g]);
+                // offset -1: an index out of range (the score is NaN, the loss too): nothing to add
+                if (grad != nullptr && offset[g] >= 0) atomicAdd(grad + offset[g], ds * d_gathered[g]);
               }
             }
           }
