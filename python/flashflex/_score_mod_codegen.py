@@ -220,6 +220,9 @@ class _Value:
         self.name, self.kind, self.deriv = name, kind, deriv or {}
 
 
+_NARROW_INTS = {torch.int32: "int32_t", torch.int16: "int16_t", torch.int8: "int8_t", torch.uint8: "uint8_t"}
+
+
 def _kind_of(dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return "bool"
@@ -245,6 +248,18 @@ class _Emitter:
 
     def emit(self, line: str) -> None:
         self.lines.append("  " + line)
+
+    def narrowed(self, node: torch.fx.Node, v: _Value) -> _Value:
+        """An integer result in the width torch computed it in (int64 arithmetic otherwise): as
+        torch wraps, and half the registers for the usual int32 index arithmetic (the kernels'
+        register budget, bench/NOTES.md)."""
+        meta = node.meta.get("val")
+        ctype = _NARROW_INTS.get(meta.dtype) if v.kind == "int" and isinstance(meta, torch.Tensor) else None
+        if ctype is None:
+            return v
+        name = self.fresh("n")
+        self.emit(f"const {ctype} {name} = static_cast<{ctype}>({v.name});")
+        return _Value(name, "int")
 
     def local(self, kind: str, expr: str, stem: str = "v") -> str:
         name = self.fresh(stem)
@@ -551,12 +566,12 @@ def generate(graph: ScoreModGraph) -> Generated:
         if name == "score":
             e.values[p] = _Value("score", "float", {0: "1.f"})
         else:
-            e.values[p] = _Value(f"static_cast<int64_t>({name})", "int")
+            e.values[p] = _Value(name, "int")  # int32, as torch flex's index tensors
     result = None
     for node in graph.gm.graph.nodes:
         if node.op == "call_function" and any(n in e.varying for n in node.all_input_nodes):
             e.varying.add(node)
-            e.values[node] = e.node(node)
+            e.values[node] = e.narrowed(node, e.node(node))
         elif node.op == "output":
             out = node.args[0]
             result = out[0] if isinstance(out, (tuple, list)) else out

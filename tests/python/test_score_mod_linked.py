@@ -32,8 +32,8 @@ HOOKS = {
     "gated_softcap": lambda s, b, h, q, kv: 30 * torch.tanh(s / 30) * torch.sigmoid(GATE[h]),
     "tanh_relative_table": lambda s, b, h, q, kv: s + torch.tanh(TABLE[b % 2, torch.clamp(q - kv, -16, 16) + 16]),
 }
-# Links, but spills where registers are tightest (24 bytes in the head-dim-128 backward, 40 in the
-# head-dim-256 forward: its 64-bit index arithmetic, bench/NOTES.md); the user is warned.
+# Links, but spills 20 bytes in the head-dim-256 forward, whose registers are tightest
+# (bench/NOTES.md); the user is warned.
 WHERE_MINUS_INF = lambda s, b, h, q, kv: torch.where(q - kv <= 20, s, torch.full_like(s, float("-inf")))  # noqa: E731
 # (pass, dtype, head dim): the forward at every head dim, the backward at the sm90 backward's
 KERNELS = [(pass_, dtype, head_dim) for pass_ in (0, 1) for dtype in (torch.bfloat16, torch.float16)
