@@ -2,7 +2,10 @@
 the sm90 kernels' LTO-IR (src/cuda/linked/, installed as flashflex/kernels/*.fatbin) by
 _score_mod_link.py, through its disk cache; loaded once per process (flashflex._C's
 load_linked_kernel) and launched with the hook's tensors in the kernel parameters (no copy, so
-CUDA-graph capture works once the kernels are loaded).
+CUDA-graph capture works once the kernels are loaded: make the first call outside the capture).
+Limits: a 0-d CPU tensor the mod captures is copied to the device at every call (a capture cannot
+take that: make it a CUDA tensor); every distinct mod (Python floats are baked into its source)
+is linked and loaded once and stays loaded for the process.
 
 Built: Hopper (compute capability 9.x), bfloat16 / float16; the forward at head dims 64, 128 and
 256, the backward at 64 and 128 (the sm90 backward's). The backward gives dq, dk, dv and the
@@ -28,7 +31,9 @@ from ._score_mod_codegen import Generated, generate, tensor_descriptor
 from ._score_mod_graph import ScoreModGraph
 from ._tensor_ref import DTYPE_CODES
 
-__all__ = ["LinkedScoreMod", "linked_score_mod", "kernel_path"]
+__all__ = ["LinkError", "LinkedScoreMod", "linked_score_mod", "kernel_path"]
+
+LinkError = link.LinkError
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 ARCH = "sm_90a"
@@ -69,7 +74,10 @@ class LinkedScoreMod:
                     f"score_mod: the backward of a linked score mod is built for head dims "
                     f"{BACKWARD_HEAD_DIMS} (the sm90 backward's), got {self.head_dim}; run this one forward only "
                     f"(torch.no_grad(), or inputs that need no gradient)")
-            self._backward_handle, _ = _load(self.generated, _BACKWARD_PASS, self.dtype, self.head_dim)
+            try:
+                self._backward_handle, _ = _load(self.generated, _BACKWARD_PASS, self.dtype, self.head_dim)
+            except LinkError as e:
+                raise NotImplementedError(f"score_mod: the linked backward kernel cannot be linked here: {e}") from e
         return self._backward_handle
 
     def attend(self, query, key, value, mask_tensors: List[torch.Tensor], scale: float, deterministic: bool,

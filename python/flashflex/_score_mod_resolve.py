@@ -112,7 +112,10 @@ def resolve_callable(fn: Callable, query: torch.Tensor, key: torch.Tensor) -> Ca
             entry.generated = linked.generated_or_reason(entry.graph)
         generated, why = entry.generated
         if generated is not None:
-            return CallableScoreMod(linked=linked.linked_score_mod(generated, query))
+            try:
+                return CallableScoreMod(linked=linked.linked_score_mod(generated, query))
+            except linked.LinkError as e:  # an NVRTC / nvJitLink too old for the kernels, ...
+                why = f"the link failed: {e}"
     ops = ", ".join(dict.fromkeys(entry.graph.ops)) or "no operation"
     raise NotImplementedError(
         f"score_mod: {_name(fn)} is not one of the built-in score mods (its graph uses {ops}) and cannot be linked "

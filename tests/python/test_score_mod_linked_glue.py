@@ -125,3 +125,14 @@ def test_the_backward_at_head_dim_256_is_refused_before_any_work(native):
     with pytest.raises(NotImplementedError, match=r"built for head dims \(64, 128\)"):
         mod.attend(q.requires_grad_(), k, v, [], 0.125, False, 0)
     assert native.forward_mods == []
+
+
+def test_a_failed_link_of_the_backward_is_a_refusal_with_its_reason(native, monkeypatch):
+    def fail(*args):
+        raise linked.LinkError("nvJitLinkComplete failed (nvJitLinkResult 4): too old")
+    monkeypatch.setattr(linked, "_load", fail)
+    mod = linked.LinkedScoreMod(generate(capture(lambda s, b, h, q, kv: s * torch.sigmoid(s))), FWD, False,
+                                torch.bfloat16, 64)
+    q, k, v = _qkv()
+    with pytest.raises(NotImplementedError, match="cannot be linked here: nvJitLinkComplete failed"):
+        mod.attend(q.requires_grad_(), k, v, [], 0.125, False, 0)

@@ -46,8 +46,10 @@ void launch_bwd_kernel(const void* kernel, const cuda::BwdParams& p, void* strea
   const unsigned tiles = static_cast<unsigned>(p.num_kv_tiles), heads = static_cast<unsigned>(p.kv_heads * p.splits);
   const dim3 grid(p.deterministic ? tiles : heads, p.deterministic ? heads : tiles, static_cast<unsigned>(p.batch));
   void* kernel_args[] = {&args, &map_q, &map_k, &map_v, &map_do};
-  FLASHFLEX_CUDA_CHECK(cudaLaunchKernel(kernel, grid, dim3(Traits::kNumThreads), kernel_args, kSmem,
-                                        static_cast<cudaStream_t>(stream)));
+  // Checked through cudaGetLastError, which also clears a failed launch's error (as after <<<>>>).
+  (void)cudaLaunchKernel(kernel, grid, dim3(Traits::kNumThreads), kernel_args, kSmem,
+                         static_cast<cudaStream_t>(stream));
+  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace detail

@@ -61,8 +61,10 @@ void launch_fwd_kernel(const void* kernel, const cuda::FwdParams& p, void* strea
         cudaMemsetAsync(args.tile_counter, 0, sizeof(*args.tile_counter), static_cast<cudaStream_t>(stream)));
   }
   void* kernel_args[] = {&args, &map_q, &map_k, &map_v};
-  FLASHFLEX_CUDA_CHECK(cudaLaunchKernel(kernel, dim3(grid), dim3(Traits::kNumThreads), kernel_args, kSmem,
-                                        static_cast<cudaStream_t>(stream)));
+  // Checked through cudaGetLastError, which also clears a failed launch's error (as after <<<>>>).
+  (void)cudaLaunchKernel(kernel, dim3(grid), dim3(Traits::kNumThreads), kernel_args, kSmem,
+                         static_cast<cudaStream_t>(stream));
+  FLASHFLEX_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace detail
