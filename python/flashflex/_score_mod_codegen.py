@@ -15,7 +15,7 @@ The source is plain C++ with FLASHFLEX_MOD_FN before each function (define it as
 NVRTC; empty for a host compiler): expf, tanhf, ... exist in both.
 tests/python/test_score_mod_codegen.py compiles it with the host's compiler and checks it against
 the float64 graph and torch autograd; _score_mod_link.py compiles it with NVRTC and links it by
-name (FLASHFLEX_MOD_LINKAGE extern "C") into a caller's LTO-IR: the sm90 forward's
+name (FLASHFLEX_MOD_LINKAGE extern "C") into a caller's LTO-IR: the sm90 kernels'
 (_score_mod_linked.py)."""
 
 from __future__ import annotations

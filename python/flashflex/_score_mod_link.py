@@ -1,10 +1,9 @@
 """Run-time compilation and linking of generated score-mod hooks (_score_mod_codegen.py): NVRTC
 compiles CUDA source to LTO-IR for one GPU architecture and nvJitLink links LTO-IR modules (the
 hook, and the kernels that call it by name: src/cuda/linked/, shipped as fatbins of LTO-IR) into a
-cubin for the driver to load. Both libraries
-come from the nvidia-cuda-nvrtc and nvidia-nvjitlink wheels (torch's CUDA wheels depend on them)
-or a CUDA toolkit; nvcc is not needed. Works without a GPU: compiling and linking only produce
-bytes. Errors carry the compiler's or linker's log."""
+cubin for the driver to load. Both libraries come from the nvidia-cuda-nvrtc and nvidia-nvjitlink
+wheels (torch's CUDA wheels depend on them) or a CUDA toolkit; nvcc is not needed. Works without a
+GPU: compiling and linking only produce bytes. Errors carry the compiler's or linker's log."""
 
 from __future__ import annotations
 

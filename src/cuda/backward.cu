@@ -78,9 +78,9 @@ constexpr std::array<KernelEntry<LaunchBwdLinked>, 4> kLinkedBwdKernels{
 void plan_linked(const BackwardArgs& args, Arch arch, BackwardPlan& plan) {
   const int head_dim = static_cast<int>(args.q.sizes[3]);
   check_linked_kernel(args.score_mod.linked_kernel, KernelPass::kBackward, args.q.dtype, head_dim);
-  bool needs_order = false;
-  for (float* g : args.score_mod.hook_gather_grads) needs_order = needs_order || g != nullptr;
-  if (needs_order && args.deterministic) {
+  bool gather_grads = false;
+  for (float* g : args.score_mod.hook_gather_grads) gather_grads = gather_grads || g != nullptr;
+  if (gather_grads && args.deterministic) {
     throw Error(ErrorKind::kUnsupported, "score_mod: the gradients of a linked mod's captured tensors are added "
                                          "atomically; the deterministic backward cannot take them");
   }
