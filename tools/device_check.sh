@@ -14,6 +14,7 @@
 # set either.
 #
 #   tools/device_check.sh                 # everything but `profile` (well over ten minutes)
+#   WHEEL=.whl/flashflex-*-cp312-*.whl STEPS="build tests" tools/device_check.sh   # a prebuilt wheel
 #   STEPS="build profile" tools/device_check.sh   # ncu of flashflex and FA4 on one call each
 #   STEPS="build tests" tools/device_check.sh
 #   BENCH_CASES=causal_16k,document_8x2048 STEPS=bench tools/device_check.sh
@@ -67,7 +68,12 @@ SLUG=$(cd bench && python3 -c 'import torch, timing; print(timing.gpu_slug(torch
 fa4=$(python3 -c 'import flash_attn.cute' 2>&1 >/dev/null | tail -1)
 note "FA4 (flash_attn.cute): ${fa4:-importable}"
 
-if wants build; then
+if wants build && [[ -n "${WHEEL:-}" ]]; then
+  # A wheel built elsewhere for this machine's Python (CUDA arch 90), carried along: installing it
+  # skips the compile, minutes of device time on a fresh machine.
+  run_step build-wheel 120 "$OUT/build.log" python3 -m pip install --no-deps --force-reinstall $WHEEL ||
+    { note "wheel install failed"; tail -40 "$OUT/build.log"; exit 1; }
+elif wants build; then
   run_step build 420 "$OUT/build.log" env CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" python3 -m pip install -v \
     --no-build-isolation --no-deps -C cmake.define.FLASHFLEX_CUDA_ARCHITECTURES="$ARCH" . ||
     { note "build failed"; tail -40 "$OUT/build.log"; exit 1; }
@@ -75,7 +81,7 @@ if wants build; then
 fi
 
 if wants tests; then
-  (cd tests/python && run_step tests 400 "$OUT/pytest.log" python3 -m pytest -q -p no:cacheprovider --timeout=120 .)
+  (cd tests/python && run_step tests 400 "$OUT/pytest.log" python3 -m pytest -q -p no:cacheprovider --timeout=120 --durations=20 .)
   tail -3 "$OUT/pytest.log" >>"$SUMMARY"
 fi
 
