@@ -149,7 +149,7 @@ def unavailable(graph: ScoreModGraph, query: torch.Tensor) -> Optional[str]:
         return f"linked score mods run on CUDA tensors, got {query.device}"
     major, minor = torch.cuda.get_device_capability(query.device)
     if major != 9:
-        return (f"linked score mods run on the Hopper forward only (compute capability 9.x); {query.device} has "
+        return (f"linked score mods run on the Hopper kernels only (compute capability 9.x); {query.device} has "
                 f"{major}.{minor}")
     if query.dtype not in _DTYPE_NAMES:
         return f"linked score mods take bfloat16 or float16 query / key / value, got {query.dtype}"

@@ -202,7 +202,7 @@ def test_cuda_graph_replays_a_loaded_kernel(gen):
 def test_off_hopper_the_refusal_says_why(gen):
     q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 64, dtype=torch.bfloat16))
     with pytest.raises(NotImplementedError, match="cannot be linked into the kernels here: linked score mods run on "
-                                                  "the Hopper forward only"):
+                                                  "the Hopper kernels only"):
         flashflex.flex_attention(q, k, v, score_mod=_mod("silu"))
 
 
