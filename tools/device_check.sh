@@ -73,6 +73,9 @@ if wants build && [[ -n "${WHEEL:-}" ]]; then
   # skips the compile, minutes of device time on a fresh machine.
   run_step build-wheel 120 "$OUT/build.log" python3 -m pip install --no-deps --force-reinstall $WHEEL ||
     { note "wheel install failed"; tail -40 "$OUT/build.log"; exit 1; }
+  # this tree's Python sources over the wheel's, so Python-only changes need no new wheel
+  site=$(python3 -c 'import flashflex, os; print(os.path.dirname(flashflex.__file__))' 2>/dev/null)
+  (cd python/flashflex && find . -name '*.py' -exec cp --parents {} "$site/" \;)
 elif wants build; then
   run_step build 420 "$OUT/build.log" env CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" python3 -m pip install -v \
     --no-build-isolation --no-deps -C cmake.define.FLASHFLEX_CUDA_ARCHITECTURES="$ARCH" . ||
