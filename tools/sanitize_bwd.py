@@ -1,7 +1,8 @@
 """Small CUDA backward cases for compute-sanitizer (memcheck, racecheck), run by
 tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
 and empty tiles, every score mod (the bias with its gradient), a loss through lse, deterministic
-mode. Asserts only that gradients are finite; correctness is tests/python/test_cuda_backward.py's
+mode, and on Hopper a linked score mod (the linked backward kernel, a learnable table's gathered
+gradient added atomically). Asserts only that gradients are finite; correctness is tests/python/test_cuda_backward.py's
 job.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck python3 tools/sanitize_bwd.py
@@ -22,7 +23,7 @@ def run_case(q, k, v, block_mask, mod, deterministic) -> None:
     torch.cuda.synchronize()
     for name, t in (("dq", q), ("dk", k), ("dv", v)):
         assert torch.isfinite(t.grad).all(), (name, q.dtype, q.shape[-1], deterministic)
-    if mod is not None and mod.name == "bias" and mod.tensor.requires_grad:
+    if mod is not None and getattr(mod, "name", None) == "bias" and mod.tensor.requires_grad:
         assert torch.isfinite(mod.tensor.grad).all()
 
 
@@ -46,7 +47,31 @@ def main() -> None:
             for mod in mods:
                 run_case(q, k, v, causal, mod, False)
             calls += 2 + len(mods)
+    if torch.cuda.get_device_capability()[0] == 9:
+        calls += linked_cases()
     print(f"sanitize_bwd: {calls} backward calls ran")
+
+
+def linked_cases() -> int:
+    """The sm90 linked backward: a per-head learnable table (GatherGradRuns' atomics), ragged
+    lengths, GQA, a mask with partial and empty tiles; deterministic mode with a mod whose
+    captured tensor needs no gradient."""
+    table = torch.randn(4, 33, device="cuda").requires_grad_()
+    gate = torch.randn(4, device="cuda")
+    learnable = lambda s, b, h, q, kv: s + torch.tanh(table[h, torch.clamp(q - kv, -16, 16) + 16])  # noqa: E731
+    gated = lambda s, b, h, q, kv: 30 * torch.tanh(s / 30) * torch.sigmoid(gate[h])  # noqa: E731
+    causal = flashflex.create_block_mask(masks.causal(-70), None, None, 203, 141, device="cuda")
+    calls = 0
+    for head_dim in (64, 128):
+        q = (torch.randn(2, 4, 203, head_dim) * 1.5).to(torch.bfloat16).cuda()
+        k = (torch.randn(2, 2, 141, head_dim) * 1.5).to(torch.bfloat16).cuda()
+        v = (torch.randn(2, 2, 141, head_dim) * 1.5).to(torch.bfloat16).cuda()
+        table.grad = None
+        run_case(q, k, v, causal, learnable, False)
+        assert table.grad is not None and torch.isfinite(table.grad).all(), ("linked table grad", head_dim)
+        run_case(q, k, v, causal, gated, True)
+        calls += 2
+    return calls
 
 
 if __name__ == "__main__":
