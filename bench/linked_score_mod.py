@@ -31,8 +31,11 @@ from flashflex import _C, score_mods  # noqa: E402
 from flashflex import _score_mod_link as link  # noqa: E402
 from flashflex._score_mod_codegen import generate  # noqa: E402
 from flashflex._score_mod_graph import capture  # noqa: E402
-from flashflex._score_mod_linked import ARCH, kernel_path  # noqa: E402
+from flashflex._score_mod_linked import SM90, kernel_path  # noqa: E402
 from flashflex._tensor_ref import DTYPE_CODES  # noqa: E402
+
+ARCH = "sm_90a"  # the Hopper family's cubins: the figures are the sm90 kernels'
+
 
 def mods():
     gate = torch.randn(32, device="cuda")
@@ -56,11 +59,11 @@ def cold_costs(head_dim: int):
     t1 = time.perf_counter()
     hook = link.compile_ltoir(link._HOOK_PREFIX + generated.source, ARCH, "hook.cu")
     t2 = time.perf_counter()
-    with open(kernel_path(torch.bfloat16, head_dim), "rb") as f:
+    with open(kernel_path(torch.bfloat16, head_dim, 0, SM90), "rb") as f:
         image = f.read()
     cubin = link.link_cubin(ARCH, [image, hook])
     t3 = time.perf_counter()
-    _C.load_linked_kernel(cubin, 0, DTYPE_CODES[torch.bfloat16], head_dim)
+    _C.load_linked_kernel(cubin, 0, DTYPE_CODES[torch.bfloat16], head_dim, SM90)
     t4 = time.perf_counter()
     return {"capture + codegen": t1 - t0, "NVRTC": t2 - t1, "nvJitLink": t3 - t2, "load": t4 - t3}
 

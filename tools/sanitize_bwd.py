@@ -1,8 +1,8 @@
 """Small CUDA backward cases for compute-sanitizer (memcheck, racecheck), run by
 tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
 and empty tiles, every score mod (the bias with its gradient), a loss through lse, deterministic
-mode, and on Hopper a linked score mod (the linked backward kernel, a learnable table's gathered
-gradient added atomically). Asserts only that gradients are finite; correctness is tests/python/test_cuda_backward.py's
+mode, and on Hopper a linked score mod on both kernel families (the linked backward kernels, a
+learnable table's gathered gradient added atomically). Asserts only that gradients are finite; correctness is tests/python/test_cuda_backward.py's
 job.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck python3 tools/sanitize_bwd.py
@@ -14,10 +14,11 @@ import flashflex
 from flashflex import masks, score_mods
 
 
-def run_case(q, k, v, block_mask, mod, deterministic) -> None:
+def run_case(q, k, v, block_mask, mod, deterministic, backend="AUTO") -> None:
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     out, lse = flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
-                                        return_lse=True, kernel_options={"deterministic": deterministic})
+                                        return_lse=True,
+                                        kernel_options={"deterministic": deterministic, "BACKEND": backend})
     finite_lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     (out.float().square().sum() + finite_lse.sum()).backward()
     torch.cuda.synchronize()
@@ -53,7 +54,7 @@ def main() -> None:
 
 
 def linked_cases() -> int:
-    """The sm90 linked backward: a per-head learnable table (GatherGradRuns' atomics), ragged
+    """The linked backward, sm90 and sm80 kernels: a per-head learnable table (GatherGradRuns' atomics), ragged
     lengths, GQA, a mask with partial and empty tiles; deterministic mode with a mod whose
     captured tensor needs no gradient."""
     table = torch.randn(4, 33, device="cuda").requires_grad_()
@@ -62,15 +63,16 @@ def linked_cases() -> int:
     gated = lambda s, b, h, q, kv: 30 * torch.tanh(s / 30) * torch.sigmoid(gate[h])  # noqa: E731
     causal = flashflex.create_block_mask(masks.causal(-70), None, None, 203, 141, device="cuda")
     calls = 0
-    for head_dim in (64, 128):
-        q = (torch.randn(2, 4, 203, head_dim) * 1.5).to(torch.bfloat16).cuda()
-        k = (torch.randn(2, 2, 141, head_dim) * 1.5).to(torch.bfloat16).cuda()
-        v = (torch.randn(2, 2, 141, head_dim) * 1.5).to(torch.bfloat16).cuda()
-        table.grad = None
-        run_case(q, k, v, causal, learnable, False)
-        assert table.grad is not None and torch.isfinite(table.grad).all(), ("linked table grad", head_dim)
-        run_case(q, k, v, causal, gated, True)
-        calls += 2
+    for backend, head_dims in (("AUTO", (64, 128)), ("SM80", (64, 128, 256))):  # the sm90 family, the sm80 one
+        for head_dim in head_dims:
+            q = (torch.randn(2, 4, 203, head_dim) * 1.5).to(torch.bfloat16).cuda()
+            k = (torch.randn(2, 2, 141, head_dim) * 1.5).to(torch.bfloat16).cuda()
+            v = (torch.randn(2, 2, 141, head_dim) * 1.5).to(torch.bfloat16).cuda()
+            table.grad = None
+            run_case(q, k, v, causal, learnable, False, backend)
+            assert table.grad is not None and torch.isfinite(table.grad).all(), ("linked table grad", backend, head_dim)
+            run_case(q, k, v, causal, gated, True, backend)
+            calls += 2
     return calls
 
 

@@ -1,6 +1,6 @@
 """Small CUDA forward cases for compute-sanitizer (memcheck, racecheck), run by
 tools/device_check.sh: every head dim and dtype, ragged lengths, GQA, masks with partial, full
-and empty tiles, every score mod (a linked one on Hopper), lse, a grid with more tiles than SMs.
+and empty tiles, every score mod (a linked one, on both kernel families on Hopper), lse, a grid with more tiles than SMs.
 Asserts only that outputs are finite where rows see keys; correctness is
 tests/python/test_cuda_forward.py's job.
 
@@ -63,15 +63,16 @@ def main() -> None:
         gate = torch.randn(4, device="cuda")
         mod = lambda s, b, h, q_idx, kv_idx: 30 * torch.tanh(s / 30) * torch.sigmoid(gate[h])  # noqa: E731
         causal = flashflex.create_block_mask(masks.causal(-70), None, None, 203, 141, device="cuda")
-        for head_dim in (64, 128, 256):
-            q = torch.randn(2, 4, 203, head_dim, device="cuda", dtype=torch.bfloat16)
-            kv = torch.randn(2, 2, 141, head_dim, device="cuda", dtype=torch.bfloat16)
-            with torch.no_grad():
-                out, lse = flashflex.flex_attention(q, kv, kv, score_mod=mod, block_mask=causal, enable_gqa=True,
-                                                    return_lse=True)
-            torch.cuda.synchronize()
-            assert torch.isfinite(out[torch.isfinite(lse)]).all(), ("linked", head_dim)
-            cases += 1
+        for backend in ("AUTO", "SM80"):  # the sm90 family, then the sm80 one
+            for head_dim in (64, 128, 256):
+                q = torch.randn(2, 4, 203, head_dim, device="cuda", dtype=torch.bfloat16)
+                kv = torch.randn(2, 2, 141, head_dim, device="cuda", dtype=torch.bfloat16)
+                with torch.no_grad():
+                    out, lse = flashflex.flex_attention(q, kv, kv, score_mod=mod, block_mask=causal, enable_gqa=True,
+                                                        return_lse=True, kernel_options={"BACKEND": backend})
+                torch.cuda.synchronize()
+                assert torch.isfinite(out[torch.isfinite(lse)]).all(), ("linked", backend, head_dim)
+                cases += 1
     print(f"sanitize_fwd: {cases} forward calls ran")
 
 

@@ -31,13 +31,14 @@ _LIVE: Dict[int, torch.Tensor] = {}
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
 
 
-def resolve_score_mod(fn, query: torch.Tensor, key: torch.Tensor) -> CallableScoreMod:
-    """flex_attention's entry point for a callable score_mod, eager or compiled."""
+def resolve_score_mod(fn, query: torch.Tensor, key: torch.Tensor, backend: int = 0) -> CallableScoreMod:
+    """flex_attention's entry point for a callable score_mod, eager or compiled; `backend` (a
+    _C.BACKENDS code) picks the kernels a linked mod is linked from."""
     if not torch.compiler.is_compiling():
-        return resolve_callable(fn, query, key)
+        return resolve_callable(fn, query, key, backend)
     if isinstance(fn, functools.partial):
         # A partial holding tensors is no constant for dynamo: its plan is made outside the graph.
-        return _resolve_outside_trace(fn, query, key)
+        return _resolve_outside_trace(fn, query, key, backend)
     sizes = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
     if isinstance(fn, types.MethodType):  # its object by id, as below; its function is a constant
         plan = _trace_time_plan_of_method(fn.__func__, id(fn.__self__), sizes, str(query.device))
@@ -49,7 +50,7 @@ def resolve_score_mod(fn, query: torch.Tensor, key: torch.Tensor) -> CallableSco
         # guarded on).
         plan = _trace_time_plan_of_object(id(fn), sizes, str(query.device))
     if plan is None:
-        return _resolve_outside_trace(fn, query, key)
+        return _resolve_outside_trace(fn, query, key, backend)
     if plan[0] == "error":  # raised here: dynamo would wrap an error raised in the constant function
         raise _ERRORS[plan[1]](plan[2])
     *fields, path, slot = plan

@@ -1,5 +1,5 @@
 """CUDA score mods no built-in expresses: the generated hook (_score_mod_codegen.py) linked into
-the sm90 kernels' LTO-IR (src/cuda/linked/, installed as flashflex/kernels/*.fatbin) by
+the kernels' LTO-IR (src/cuda/linked/, installed as flashflex/kernels/*.fatbin) by
 _score_mod_link.py, through its disk cache; loaded once per process (flashflex._C's
 load_linked_kernel) and launched with the hook's tensors in the kernel parameters (no copy, so
 CUDA-graph capture works once the kernels are loaded: make the first call outside the capture).
@@ -7,10 +7,13 @@ Limits: a 0-d CPU tensor the mod captures is copied to the device at every call 
 take that: make it a CUDA tensor); every distinct mod (Python floats are baked into its source)
 is linked and loaded once and stays loaded for the process.
 
-Built: Hopper (compute capability 9.x), bfloat16 / float16; the forward at head dims 64, 128 and
-256, the backward at 64 and 128 (the sm90 backward's). The backward gives dq, dk, dv and the
-gradients of captured tensors that require them (each gather's partial times dS, added
-atomically into float32 buffers: not in deterministic mode)."""
+Built, bfloat16 / float16: the sm80 family (compute_80 LTO-IR, linked for the GPU at hand, any
+from Ampere on), forward and backward at head dims 64, 128, 256; the Hopper family (sm_90a),
+forward at 64, 128, 256 and backward at 64 and 128. A call takes the family its backend takes:
+the Hopper one on Hopper GPUs (the sm80 one for a backward at head dim 256, as the built-in mods),
+the sm80 one elsewhere or with backend SM80. The backward gives dq, dk, dv and the gradients of
+captured tensors that require them (each gather's partial times dS, added atomically into float32
+buffers: not in deterministic mode)."""
 
 from __future__ import annotations
 
@@ -36,18 +39,34 @@ __all__ = ["LinkError", "LinkedScoreMod", "linked_score_mod", "kernel_path"]
 LinkError = link.LinkError
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
-ARCH = "sm_90a"
 _LINKED = _C.SCORE_MOD_KINDS["linked"]
 _FORWARD_PASS, _BACKWARD_PASS = 0, 1  # flashflex::KernelPass
-BACKWARD_HEAD_DIMS = (64, 128)  # the sm90 backward's (src/cuda/linked/sm90_bwd.cu)
+SM80, SM90 = _C.BACKENDS["SM80"], _C.BACKENDS["SM90"]  # kernel families (LinkedKernelKind::family)
+_FAMILY_NAMES = {SM80: "sm80", SM90: "sm90"}
+SM90_BACKWARD_HEAD_DIMS = (64, 128)  # the sm90 backward's (src/cuda/linked/sm90_bwd.cu)
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-_HANDLES: Dict[Tuple[str, int, torch.dtype, int], int] = {}  # (hook source, pass, dtype, head dim) -> kernel
+# (hook source, pass, family, target, dtype, head dim) -> kernel
+_HANDLES: Dict[Tuple[str, int, int, str, torch.dtype, int], int] = {}
 
 
-def kernel_path(dtype: torch.dtype, head_dim: int, pass_: int = 0) -> str:
-    """The LTO-IR of one pass (0 forward, 1 backward) for dtype and head dim."""
+def kernel_path(dtype: torch.dtype, head_dim: int, pass_: int = 0, family: int = SM90) -> str:
+    """The LTO-IR of one family's pass (0 forward, 1 backward) for dtype and head dim."""
     name = "bwd" if pass_ == _BACKWARD_PASS else "fwd"
-    return os.path.join(KERNEL_DIR, f"sm90_{name}_{_DTYPE_NAMES.get(dtype, dtype)}_hdim{head_dim}.fatbin")
+    return os.path.join(KERNEL_DIR, f"{_FAMILY_NAMES[family]}_{name}_{_DTYPE_NAMES.get(dtype, dtype)}_hdim{head_dim}"
+                                    f".fatbin")
+
+
+def family(capability: Tuple[int, int], backend: int, pass_: int, head_dim: int) -> int:
+    """The kernel family a call of this pass runs on (the built-in mods' choice, native select_arch)."""
+    hopper = capability[0] == 9 and backend != SM80
+    if pass_ == _BACKWARD_PASS and head_dim not in SM90_BACKWARD_HEAD_DIMS and backend != SM90:
+        hopper = False  # the sm90 backward has no head dim 256: the sm80 one runs it
+    return SM90 if hopper else SM80
+
+
+def target(capability: Tuple[int, int], family_: int) -> str:
+    """The architecture a family's kernel is linked for on a GPU of `capability`."""
+    return "sm_90a" if family_ == SM90 else f"sm_{capability[0]}{capability[1]}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,25 +76,31 @@ def _kernel_image(path: str) -> bytes:
 
 
 class LinkedScoreMod:
-    """A callable's graph as linked kernels for one (dtype, head dim): `attend` runs the forward
-    (and, through autograd, the backward, whose kernel is loaded with the first call needing it)."""
+    """A callable's graph as linked kernels for one (dtype, head dim, GPU capability, backend):
+    `attend` runs the forward (and, through autograd, the backward, whose kernel is loaded with
+    the first call needing it)."""
 
-    def __init__(self, generated: Generated, handle: int, from_cache: bool, dtype: torch.dtype, head_dim: int):
+    def __init__(self, generated: Generated, handle: int, from_cache: bool, dtype: torch.dtype, head_dim: int,
+                 capability: Tuple[int, int] = (9, 0), backend: int = 0):
         self.generated = generated
-        self.handle = handle
+        self.handle = handle  # the forward's kernel, of family(capability, backend, forward, head_dim)
         self.from_cache = from_cache  # the forward's cubin came from the disk cache (or this process)
         self.dtype, self.head_dim = dtype, head_dim
+        self.capability, self.backend = capability, backend
+        self.family = family(capability, backend, _FORWARD_PASS, head_dim)
         self._backward_handle: Optional[int] = None
 
     def backward_handle(self) -> int:
         if self._backward_handle is None:
-            if self.head_dim not in BACKWARD_HEAD_DIMS:
+            fam = family(self.capability, self.backend, _BACKWARD_PASS, self.head_dim)
+            if fam == SM90 and self.head_dim not in SM90_BACKWARD_HEAD_DIMS:
                 raise NotImplementedError(
-                    f"score_mod: the backward of a linked score mod is built for head dims "
-                    f"{BACKWARD_HEAD_DIMS} (the sm90 backward's), got {self.head_dim}; run this one forward only "
-                    f"(torch.no_grad(), or inputs that need no gradient)")
+                    f"score_mod: the sm90 backward of a linked score mod is built for head dims "
+                    f"{SM90_BACKWARD_HEAD_DIMS}, got {self.head_dim}; use backend AUTO or SM80 (kernel_options), or "
+                    f"run this one forward only (torch.no_grad(), or inputs that need no gradient)")
             try:
-                self._backward_handle, _ = _load(self.generated, _BACKWARD_PASS, self.dtype, self.head_dim)
+                self._backward_handle, _ = _load(self.generated, _BACKWARD_PASS, fam, target(self.capability, fam),
+                                                 self.dtype, self.head_dim)
             except LinkError as e:
                 raise NotImplementedError(f"score_mod: the linked backward kernel cannot be linked here: {e}") from e
         return self._backward_handle
@@ -143,47 +168,54 @@ class _LinkedAttention(torch.autograd.Function):
         return (None, None, None, None, None, dq, dk, dv, *grads)
 
 
-def unavailable(graph: ScoreModGraph, query: torch.Tensor) -> Optional[str]:
-    """Why `graph` cannot run as a linked kernel for query's call, or None."""
+def unavailable(graph: ScoreModGraph, query: torch.Tensor, backend: int = 0) -> Optional[str]:
+    """Why `graph` cannot run as a linked kernel for query's call with `backend`, or None."""
     if query.device.type != "cuda":
         return f"linked score mods run on CUDA tensors, got {query.device}"
     major, minor = torch.cuda.get_device_capability(query.device)
-    if major != 9:
-        return (f"linked score mods run on the Hopper kernels only (compute capability 9.x); {query.device} has "
-                f"{major}.{minor}")
+    if major < 8:
+        return f"the CUDA kernels need compute capability 8.0 or newer; {query.device} has {major}.{minor}"
+    if backend == SM90 and major != 9:
+        return f"backend SM90 needs a Hopper GPU (compute capability 9.x); {query.device} has {major}.{minor}"
     if query.dtype not in _DTYPE_NAMES:
         return f"linked score mods take bfloat16 or float16 query / key / value, got {query.dtype}"
-    path = kernel_path(query.dtype, query.shape[-1])
+    path = kernel_path(query.dtype, query.shape[-1], _FORWARD_PASS,
+                       family((major, minor), backend, _FORWARD_PASS, query.shape[-1]))
     if not os.path.exists(path):
         return f"this build has no LTO-IR of the linked kernel for this call ({path} is missing)"
     return link.available()
 
 
-def linked_score_mod(generated: Generated, query: torch.Tensor) -> LinkedScoreMod:
-    """The loaded forward kernel of `generated` for query's dtype and head dim (unavailable() gave None)."""
+def linked_score_mod(generated: Generated, query: torch.Tensor, backend: int = 0) -> LinkedScoreMod:
+    """The loaded forward kernel of `generated` for query's dtype, head dim and GPU, on the family
+    `backend` takes (unavailable() gave None)."""
+    capability = torch.cuda.get_device_capability(query.device)
     dtype, head_dim = query.dtype, query.shape[-1]
-    handle, from_cache = _load(generated, _FORWARD_PASS, dtype, head_dim)
-    return LinkedScoreMod(generated, handle, from_cache, dtype, head_dim)
+    fam = family(capability, backend, _FORWARD_PASS, head_dim)
+    handle, from_cache = _load(generated, _FORWARD_PASS, fam, target(capability, fam), dtype, head_dim)
+    return LinkedScoreMod(generated, handle, from_cache, dtype, head_dim, capability, backend)
 
 
-def _load(generated: Generated, pass_: int, dtype: torch.dtype, head_dim: int) -> Tuple[int, bool]:
-    """(kernel handle, whether the cubin was linked before) of one pass, loaded once per process."""
-    key = (generated.source, pass_, dtype, head_dim)
+def _load(generated: Generated, pass_: int, family_: int, arch: str, dtype: torch.dtype,
+          head_dim: int) -> Tuple[int, bool]:
+    """(kernel handle, whether the cubin was linked before) of one pass and family, linked for
+    `arch` and loaded once per process."""
+    key = (generated.source, pass_, family_, arch, dtype, head_dim)
     handle = _HANDLES.get(key)
     if handle is not None:
         return handle, True
-    path = kernel_path(dtype, head_dim, pass_)
+    path = kernel_path(dtype, head_dim, pass_, family_)
     if not os.path.exists(path):
         raise NotImplementedError(f"score_mod: this build has no LTO-IR of the linked kernel ({path} is missing)")
     log: List[str] = []
-    cubin, from_cache = link.linked_hook(generated.source, ARCH, [(os.path.basename(path), _kernel_image(path))],
+    cubin, from_cache = link.linked_hook(generated.source, arch, [(os.path.basename(path), _kernel_image(path))],
                                          log)
     spilled = sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", "".join(log)))
     if spilled:  # said once, when linked: the cached cubin is the same kernel
-        warnings.warn(f"score_mod: the linked {'backward' if pass_ else 'forward'} kernel ({dtype}, head_dim "
-                      f"{head_dim}) spills {spilled} bytes of registers with this mod; expect it slower than a "
-                      f"built-in mod of the same arithmetic", RuntimeWarning, stacklevel=2)
-    handle = _C.load_linked_kernel(cubin, pass_, DTYPE_CODES[dtype], head_dim)
+        warnings.warn(f"score_mod: the linked {_FAMILY_NAMES[family_]} {'backward' if pass_ else 'forward'} kernel "
+                      f"({dtype}, head_dim {head_dim}) spills {spilled} bytes of registers with this mod; expect it "
+                      f"slower than a built-in mod of the same arithmetic", RuntimeWarning, stacklevel=2)
+    handle = _C.load_linked_kernel(cubin, pass_, DTYPE_CODES[dtype], head_dim, family_)
     _HANDLES[key] = handle
     return handle, from_cache
 

@@ -2,7 +2,7 @@
 recognised (_score_mod_recognize.py) once per callable and cached, then bound to the call's shapes:
 a built-in ScoreMod with a factor for the softmax scale; or, on CPU tensors, the graph itself
 (evaluated exactly in float64 by _score_mod_cpu.py); or, on CUDA tensors, the graph's generated
-code linked into the kernels (_score_mod_linked.py: the Hopper kernels). Where none of these
+code linked into the kernels (_score_mod_linked.py). Where none of these
 applies, NotImplementedError says why.
 
 The cache is keyed by the callable's identity (a weak reference guards against id reuse) and a
@@ -95,7 +95,7 @@ def _entry(fn: Callable) -> _Entry:
     return entry
 
 
-def resolve_callable(fn: Callable, query: torch.Tensor, key: torch.Tensor) -> CallableScoreMod:
+def resolve_callable(fn: Callable, query: torch.Tensor, key: torch.Tensor, backend: int = 0) -> CallableScoreMod:
     entry = _entry(fn)
     for t in entry.graph.tensors.values():
         if t.dim() > 0 and t.device != query.device:  # 0-d tensors act as numbers on any device
@@ -106,14 +106,14 @@ def resolve_callable(fn: Callable, query: torch.Tensor, key: torch.Tensor) -> Ca
         return bound
     if query.device.type == "cpu":
         return CallableScoreMod(graph=entry.graph)
-    why = linked.unavailable(entry.graph, query)
+    why = linked.unavailable(entry.graph, query, backend)
     if why is None:
         if entry.generated is None:
             entry.generated = linked.generated_or_reason(entry.graph)
         generated, why = entry.generated
         if generated is not None:
             try:
-                return CallableScoreMod(linked=linked.linked_score_mod(generated, query))
+                return CallableScoreMod(linked=linked.linked_score_mod(generated, query, backend))
             except linked.LinkError as e:  # an NVRTC / nvJitLink too old for the kernels, ...
                 why = f"the link failed: {e}"
     ops = ", ".join(dict.fromkeys(entry.graph.ops)) or "no operation"

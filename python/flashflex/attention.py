@@ -43,9 +43,9 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     query, key, value = _autocast_inputs(query, key, value)
     _check_tensors(query, key, value, enable_gqa)
     mask = _resolve_block_mask(block_mask, query, key)
-    mod = _resolve_score_mod(score_mod, query, key)
-    scale = _resolve_scale(scale, query.shape[-1])
     deterministic, backend = resolve_kernel_options(kernel_options)
+    mod = _resolve_score_mod(score_mod, query, key, backend)
+    scale = _resolve_scale(scale, query.shape[-1])
     # A Python callable (_score_mod_resolve.py): a built-in mod it reduces to, its graph (CPU), or
     # its linked kernel (CUDA).
     graph_mod = mod if isinstance(mod, CallableScoreMod) else None
@@ -158,12 +158,12 @@ def _resolve_block_mask(block_mask, query, key) -> Optional[BlockMask]:
     return block_mask
 
 
-def _resolve_score_mod(score_mod, query, key) -> Optional[ScoreMod]:
+def _resolve_score_mod(score_mod, query, key, backend: int = 0) -> Optional[ScoreMod]:
     if score_mod is None:
         return None
     if not isinstance(score_mod, ScoreMod):
         if callable(score_mod):  # captured and recognised in _score_mod_resolve.py
-            return resolve_score_mod(score_mod, query, key)
+            return resolve_score_mod(score_mod, query, key, backend)
         raise TypeError(f"score_mod: expected None, a callable (score, b, h, q_idx, kv_idx) -> score or one of "
                         f"flashflex.score_mods: {', '.join(SUPPORTED)}, got {type(score_mod).__name__}")
     t = score_mod.tensor

@@ -68,10 +68,12 @@ ff::ScoreMod to_mod(const ModTuple& m) {
   return mod;
 }
 
-// A linked cubin (bytes) loaded as the kernel of (pass, dtype code, head dim): its handle.
-std::uintptr_t load_linked_kernel(const py::bytes& image, int pass, int dtype, int head_dim) {
+// A linked cubin (bytes) loaded as the kernel of (pass, dtype code, head dim, family: a BACKENDS
+// code, SM80 or SM90): its handle.
+std::uintptr_t load_linked_kernel(const py::bytes& image, int pass, int dtype, int head_dim, int family) {
   const std::string data = image;
-  const ff::LinkedKernelKind kind{static_cast<ff::KernelPass>(pass), static_cast<ff::DType>(dtype), head_dim};
+  const ff::LinkedKernelKind kind{static_cast<ff::KernelPass>(pass), static_cast<ff::DType>(dtype), head_dim,
+                                  flashflex::binding::to_backend(family)};
   py::gil_scoped_release release;
   return reinterpret_cast<std::uintptr_t>(ff::load_linked_kernel(data.data(), data.size(), kind));
 }
@@ -253,7 +255,7 @@ PYBIND11_MODULE(_C, mod) {
   mod.attr("SCORE_MOD_KINDS") = score_mod_kinds;
   mod.attr("MAX_HOOK_TENSORS") = ff::kMaxHookTensors;
   mod.def("load_linked_kernel", &load_linked_kernel, py::arg("image"), py::arg("pass_"), py::arg("dtype"),
-          py::arg("head_dim"));
+          py::arg("head_dim"), py::arg("family"));
   mod.def("supported_head_dims", &ff::supported_head_dims);
   mod.attr("BACKENDS") = py::dict(py::arg("AUTO") = static_cast<int>(ff::Backend::kAuto),
                                   py::arg("SM80") = static_cast<int>(ff::Backend::kSm80),
@@ -272,7 +274,8 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("dv"), py::arg("dbias"), py::arg("scale"), py::arg("score_mod"), py::arg("block_mask"),
           py::arg("deterministic"), py::arg("backend"));
   mod.def("has_cuda_backend", &ff::has_cuda_backend);
-  mod.def("has_linked_kernels", &ff::has_linked_kernels);
+  mod.def("has_linked_kernels", [](int family) { return ff::has_linked_kernels(flashflex::binding::to_backend(family)); },
+          py::arg("family"));
   bind_eagle3(mod);
   bind_block_mask_cuda(mod);
 

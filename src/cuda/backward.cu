@@ -7,7 +7,7 @@
 //   main   the main kernel of the key from the table below (kernel_table.hpp; sm80/bwd_*.cu,
 //          sm90/bwd_*.cu; with the automatic backend, a call the sm90 kernel cannot take, as
 //          sm90::bwd_unsupported says, runs on the sm80 kernel); a linked score mod's kernel
-//          (linked_kernel.hpp) on the sm90 path only
+//          (linked_kernel.hpp), of the family it was linked from
 //   post   dq = dQacc * scale; dk, dv summed over the CTAs of a split GQA group; dbias
 // (the passes other than main: bwd/passes.hpp). GQA: a CTA walks heads_per_cta query heads of its
 // group (choose_heads_per_cta below); the group's other heads go to sibling CTAs whose fp32 dK / dV
@@ -59,25 +59,39 @@ constexpr auto kBwdKernels =
 constexpr auto kBwdKernels = make_kernel_rows<LaunchBwd, Sm80BwdRow>();
 #endif
 
-#if FLASHFLEX_WITH_SM90
 using LaunchBwdLinked = void (*)(const BwdParams&, const void*, void*);
 
-template <DType kDType, int kHeadDim>
+template <Arch kArch, DType kDType, int kHeadDim>
 constexpr KernelEntry<LaunchBwdLinked> linked_row() {
-  return {{Arch::kSm90, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm90::launch_bwd_linked<kDType, kHeadDim>};
+#if FLASHFLEX_WITH_SM90
+  if constexpr (kArch == Arch::kSm90) {
+    return {{kArch, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm90::launch_bwd_linked<kDType, kHeadDim>};
+  }
+#endif
+  return {{kArch, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm80::launch_bwd_linked<kDType, kHeadDim>};
 }
 
-// The launchers of src/cuda/linked/sm90_bwd.cu's kernels, by dtype and head dim.
-constexpr std::array<KernelEntry<LaunchBwdLinked>, 4> kLinkedBwdKernels{
-    {linked_row<DType::kBFloat16, 64>(), linked_row<DType::kBFloat16, 128>(), linked_row<DType::kFloat16, 64>(),
-     linked_row<DType::kFloat16, 128>()}};
+// The launchers of src/cuda/linked/sm{80,90}_bwd.cu's kernels, by family, dtype and head dim (the
+// sm90 backward has no head dim 256).
+constexpr std::array<KernelEntry<LaunchBwdLinked>, 6> kLinkedSm80BwdKernels{
+    {linked_row<Arch::kSm80, DType::kBFloat16, 64>(), linked_row<Arch::kSm80, DType::kBFloat16, 128>(),
+     linked_row<Arch::kSm80, DType::kBFloat16, 256>(), linked_row<Arch::kSm80, DType::kFloat16, 64>(),
+     linked_row<Arch::kSm80, DType::kFloat16, 128>(), linked_row<Arch::kSm80, DType::kFloat16, 256>()}};
+#if FLASHFLEX_WITH_SM90
+constexpr std::array<KernelEntry<LaunchBwdLinked>, 4> kLinkedSm90BwdKernels{
+    {linked_row<Arch::kSm90, DType::kBFloat16, 64>(), linked_row<Arch::kSm90, DType::kBFloat16, 128>(),
+     linked_row<Arch::kSm90, DType::kFloat16, 64>(), linked_row<Arch::kSm90, DType::kFloat16, 128>()}};
+constexpr auto kLinkedBwdKernels = join(kLinkedSm80BwdKernels, kLinkedSm90BwdKernels);
+#else
+constexpr auto kLinkedBwdKernels = kLinkedSm80BwdKernels;
 #endif
 
 // A linked score mod's main kernel (linked_kernel.hpp): loaded for this call's pass, dtype and
-// head dim, on the sm90 backward only; the plan launches it instead of a table entry.
+// head dim; the plan launches it, on the family it was linked from, instead of a table entry.
 void plan_linked(const BackwardArgs& args, Arch arch, BackwardPlan& plan) {
   const int head_dim = static_cast<int>(args.q.sizes[3]);
-  check_linked_kernel(args.score_mod.linked_kernel, KernelPass::kBackward, args.q.dtype, head_dim);
+  const void* kernel = args.score_mod.linked_kernel;
+  const Arch family = linked_kernel_arch(kernel, KernelPass::kBackward, args.q.dtype, head_dim, arch, args.backend);
   bool gather_grads = false;
   for (float* g : args.score_mod.hook_gather_grads) gather_grads = gather_grads || g != nullptr;
   if (gather_grads && args.deterministic) {
@@ -85,18 +99,13 @@ void plan_linked(const BackwardArgs& args, Arch arch, BackwardPlan& plan) {
                                          "atomically; the deterministic backward cannot take them");
   }
 #if FLASHFLEX_WITH_SM90
-  if (arch == Arch::kSm90 && args.backend != Backend::kSm80) {
+  if (family == Arch::kSm90) {
     if (const char* why = sm90::bwd_unsupported(plan.params)) throw Error(ErrorKind::kUnsupported, why);
-    const KernelKey key{Arch::kSm90, args.q.dtype, head_dim, ScoreModKind::kLinked, false};
-    plan.main_linked = find_kernel(kLinkedBwdKernels, key, "backward").launch;
-    plan.linked_kernel = args.score_mod.linked_kernel;
-    return;
   }
 #endif
-  (void)arch;
-  throw Error(ErrorKind::kUnsupported,
-              "score_mod: a linked score mod's backward runs on the sm90 kernels only (compute capability 9.x, "
-              "backend AUTO or SM90)");
+  const KernelKey key{family, args.q.dtype, head_dim, ScoreModKind::kLinked, false};
+  plan.main_linked = find_kernel(kLinkedBwdKernels, key, "backward").launch;
+  plan.linked_kernel = kernel;
 }
 
 // ---- checks ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 // below (kernel_table.hpp); the kernels are instantiated in sm80/fwd_*.cu and sm90/fwd_*.cu.
 // With the automatic backend, a call the sm90 kernel cannot take (a layout TMA cannot address:
 // Error kUnsupported before any launch) runs on the sm80 kernel. A linked score mod runs on the
-// kernel its handle names (launch_linked), on the sm90 path only.
+// kernel its handle names (launch_linked), of the family it was linked from.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -61,35 +61,40 @@ constexpr auto kFwdKernels = join(arch_rows<Arch::kSm80>(), arch_rows<Arch::kSm9
 constexpr auto kFwdKernels = arch_rows<Arch::kSm80>();
 #endif
 
-#if FLASHFLEX_WITH_SM90
 using LaunchFwdLinked = void (*)(const FwdParams&, const void*, void*);
 
-template <DType kDType, int kHeadDim>
+template <Arch kArch, DType kDType, int kHeadDim>
 constexpr KernelEntry<LaunchFwdLinked> linked_row() {
-  return {{Arch::kSm90, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm90::launch_fwd_linked<kDType, kHeadDim>};
+#if FLASHFLEX_WITH_SM90
+  if constexpr (kArch == Arch::kSm90) {
+    return {{kArch, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm90::launch_fwd_linked<kDType, kHeadDim>};
+  }
+#endif
+  return {{kArch, kDType, kHeadDim, ScoreModKind::kLinked, false}, &sm80::launch_fwd_linked<kDType, kHeadDim>};
 }
 
-// The launchers of src/cuda/linked/sm90_fwd.cu's kernels, by dtype and head dim.
-constexpr std::array<KernelEntry<LaunchFwdLinked>, 6> kLinkedFwdKernels{
-    {linked_row<DType::kBFloat16, 64>(), linked_row<DType::kBFloat16, 128>(), linked_row<DType::kBFloat16, 256>(),
-     linked_row<DType::kFloat16, 64>(), linked_row<DType::kFloat16, 128>(), linked_row<DType::kFloat16, 256>()}};
+template <Arch kArch>
+constexpr std::array<KernelEntry<LaunchFwdLinked>, 6> linked_rows() {
+  return {{linked_row<kArch, DType::kBFloat16, 64>(), linked_row<kArch, DType::kBFloat16, 128>(),
+           linked_row<kArch, DType::kBFloat16, 256>(), linked_row<kArch, DType::kFloat16, 64>(),
+           linked_row<kArch, DType::kFloat16, 128>(), linked_row<kArch, DType::kFloat16, 256>()}};
+}
+
+// The launchers of src/cuda/linked/sm{80,90}_fwd.cu's kernels, by family, dtype and head dim.
+#if FLASHFLEX_WITH_SM90
+constexpr auto kLinkedFwdKernels = join(linked_rows<Arch::kSm80>(), linked_rows<Arch::kSm90>());
+#else
+constexpr auto kLinkedFwdKernels = linked_rows<Arch::kSm80>();
 #endif
 
 // A linked score mod (linked_kernel.hpp): its kernel must have been loaded for this call's
-// pass, dtype and head dim, and it runs on the sm90 forward only.
+// pass, dtype and head dim, and runs on the family it was linked from.
 void launch_linked(const ForwardArgs& args, const FwdParams& p, Arch arch, void* stream) {
   const int head_dim = static_cast<int>(args.q.sizes[3]);
-  check_linked_kernel(args.score_mod.linked_kernel, KernelPass::kForward, args.q.dtype, head_dim);
-#if FLASHFLEX_WITH_SM90
-  if (arch == Arch::kSm90 && args.backend != Backend::kSm80) {
-    const KernelKey key{Arch::kSm90, args.q.dtype, head_dim, ScoreModKind::kLinked, false};
-    return find_kernel(kLinkedFwdKernels, key, "forward").launch(p, args.score_mod.linked_kernel, stream);
-  }
-#endif
-  (void)p, (void)arch, (void)stream;
-  throw Error(ErrorKind::kUnsupported,
-              "score_mod: a linked score mod runs on the sm90 forward only (compute capability 9.x, backend AUTO or "
-              "SM90)");
+  const void* kernel = args.score_mod.linked_kernel;
+  const Arch family = linked_kernel_arch(kernel, KernelPass::kForward, args.q.dtype, head_dim, arch, args.backend);
+  const KernelKey key{family, args.q.dtype, head_dim, ScoreModKind::kLinked, false};
+  find_kernel(kLinkedFwdKernels, key, "forward").launch(p, kernel, stream);
 }
 
 // The workspace's tile counter (launch.hpp): null for an empty workspace.

@@ -45,7 +45,7 @@ const void* load_linked_kernel(const void* image, std::size_t bytes, const Linke
   return reinterpret_cast<const void*>(kernel);
 }
 
-void check_linked_kernel(const void* kernel, KernelPass pass, DType dtype, int head_dim) {
+Arch linked_kernel_arch(const void* kernel, KernelPass pass, DType dtype, int head_dim, Arch arch, Backend backend) {
   LinkedKernelKind kind;
   {
     std::lock_guard<std::mutex> lock(registry_mutex());
@@ -56,12 +56,23 @@ void check_linked_kernel(const void* kernel, KernelPass pass, DType dtype, int h
     kind = it->second;
   }
   const auto pass_name = [](KernelPass p) { return p == KernelPass::kForward ? "the forward" : "the backward"; };
+  const char* family = kind.family == Backend::kSm90 ? "sm90" : "sm80";
   if (kind.pass != pass || kind.dtype != dtype || kind.head_dim != head_dim) {
     throw Error(ErrorKind::kInvalidArgument,
                 flashflex::detail::concat("score_mod.linked_kernel: loaded for ", pass_name(kind.pass), ", ",
                                           dtype_name(kind.dtype), ", head_dim ", kind.head_dim, "; this call is ",
                                           pass_name(pass), ", ", dtype_name(dtype), ", head_dim ", head_dim));
   }
+  if (kind.family == Backend::kSm90 && arch != Arch::kSm90) {
+    throw Error(ErrorKind::kUnsupported,
+                "score_mod.linked_kernel: linked from the sm90 kernels, which need a Hopper GPU (compute capability "
+                "9.x) and backend AUTO or SM90; link it from the sm80 kernels for this call");
+  }
+  if (kind.family == Backend::kSm80 && backend == Backend::kSm90) {
+    throw Error(ErrorKind::kUnsupported, flashflex::detail::concat("score_mod.linked_kernel: linked from the ", family,
+                                                                   " kernels; this call asks for backend SM90"));
+  }
+  return kind.family == Backend::kSm90 ? Arch::kSm90 : Arch::kSm80;
 }
 
 }  // namespace flashflex::cuda

@@ -22,7 +22,7 @@ const unsigned char kElf[] = {0x7f, 'E', 'L', 'F', 0, 0, 0, 0};
 
 TEST(LinkedKernel, RefusesAnImageThatIsNoCubin) {
   const unsigned char ptx[] = {'.', 'v', 'e', 'r', 's', 'i', 'o', 'n'};
-  const ff::LinkedKernelKind kind{ff::KernelPass::kForward, ff::DType::kBFloat16, 128};
+  const ff::LinkedKernelKind kind{ff::KernelPass::kForward, ff::DType::kBFloat16, 128, ff::Backend::kSm90};
   expect_error([&] { ff::load_linked_kernel(ptx, sizeof ptx, kind); }, kInvalid,
                "image: expected a cubin (an ELF image), as nvJitLink links it");
   expect_error([&] { ff::load_linked_kernel(nullptr, 0, kind); }, kInvalid,
@@ -30,17 +30,26 @@ TEST(LinkedKernel, RefusesAnImageThatIsNoCubin) {
 }
 
 TEST(LinkedKernel, RefusesKindsWithoutLtoIr) {
-  const auto load = [](ff::KernelPass pass, ff::DType dtype, int head_dim) {
-    ff::load_linked_kernel(kElf, sizeof kElf, {pass, dtype, head_dim});
+  const auto load = [](ff::KernelPass pass, ff::DType dtype, int head_dim, ff::Backend family) {
+    ff::load_linked_kernel(kElf, sizeof kElf, {pass, dtype, head_dim, family});
   };
-  expect_error([&] { load(static_cast<ff::KernelPass>(2), ff::DType::kBFloat16, 128); }, kInvalid,
+  constexpr auto kSm80 = ff::Backend::kSm80, kSm90 = ff::Backend::kSm90;
+  expect_error([&] { load(static_cast<ff::KernelPass>(2), ff::DType::kBFloat16, 128, kSm90); }, kInvalid,
                "kind.pass: expected forward (0) or backward (1), got 2");
-  expect_error([&] { load(ff::KernelPass::kForward, ff::DType::kFloat32, 128); }, kInvalid,
+  expect_error([&] { load(ff::KernelPass::kForward, ff::DType::kFloat32, 128, kSm80); }, kInvalid,
                "kind.dtype: expected bfloat16 or float16, got float32");
-  expect_error([&] { load(ff::KernelPass::kForward, ff::DType::kFloat16, 96); }, kInvalid,
+  expect_error([&] { load(ff::KernelPass::kForward, ff::DType::kFloat16, 96, kSm80); }, kInvalid,
                "kind.head_dim: expected 64, 128 or 256, got 96");
-  expect_error([&] { load(ff::KernelPass::kBackward, ff::DType::kBFloat16, 256); }, kUnsupported,
-               "kind.head_dim: the linked backward is built for head dims 64 and 128 (the sm90 backward's), got 256");
+  expect_error([&] { load(ff::KernelPass::kForward, ff::DType::kFloat16, 128, ff::Backend::kAuto); }, kInvalid,
+               "kind.family: expected Backend::kSm80 or Backend::kSm90 (the kernels the cubin was linked from), got "
+               "kAuto");
+  expect_error([&] { load(ff::KernelPass::kBackward, ff::DType::kBFloat16, 256, kSm90); }, kUnsupported,
+               "kind.head_dim: the linked sm90 backward is built for head dims 64 and 128 (the sm90 backward's), got "
+               "256; the sm80 family has 256");
+}
+
+TEST(LinkedKernel, NoBuildHasTheAutomaticFamily) {
+  EXPECT_FALSE(ff::has_linked_kernels(ff::Backend::kAuto));  // a cubin is linked from one family
 }
 
 TEST(LinkedKernel, ScoreModLinkedKeepsItsTensors) {

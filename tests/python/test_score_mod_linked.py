@@ -1,10 +1,11 @@
-"""The kernels of linked score mods (src/cuda/linked/sm90_fwd.cu and sm90_bwd.cu, installed as
+"""The kernels of linked score mods (src/cuda/linked/sm{80,90}_{fwd,bwd}.cu, installed as
 flashflex/kernels/*.fatbin of LTO-IR), without a GPU: every shipped kernel links through
 nvJitLink with generated hooks (_score_mod_link.py) into a cubin whose kernel spills nothing and
 serialises no wgmma (ptxas's report in the link log, as tools/check_ptxas.sh checks the compiled
-kernels); and what cannot be linked is refused with a reason. The GPU runs are in
-test_score_mod_linked_cuda.py. Skipped where the build has no sm90 kernels or NVRTC / nvJitLink
-are not installed."""
+kernels): the sm90 family for sm_90a, the sm80 family for sm_80 (and, for one dtype and head
+dim, for sm_86 and sm_90, the GPUs it also runs on); and what cannot be linked is refused with a
+reason. The GPU runs are in test_score_mod_linked_cuda.py. Skipped where the build has no CUDA
+kernels or NVRTC / nvJitLink are not installed."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from flashflex import _C
 from flashflex import _score_mod_link as link
 from flashflex._score_mod_codegen import MAX_GATHERS, generate
 from flashflex._score_mod_graph import capture
-from flashflex._score_mod_linked import BACKWARD_HEAD_DIMS, generated_or_reason, kernel_path
+from flashflex._score_mod_linked import SM80, SM90, SM90_BACKWARD_HEAD_DIMS, generated_or_reason, kernel_path
 
 pytestmark = [
-    pytest.mark.skipif(not _C.has_linked_kernels(), reason="this build has no sm90 kernels"),
+    pytest.mark.skipif(not _C.has_linked_kernels(SM80), reason="this build has no CUDA kernels"),
     pytest.mark.skipif(link.available() is not None, reason=str(link.available())),
 ]
 
@@ -35,17 +36,20 @@ HOOKS = {
 # Links, but spills 20 bytes in the head-dim-256 forward, whose registers are tightest
 # (bench/NOTES.md); the user is warned.
 WHERE_MINUS_INF = lambda s, b, h, q, kv: torch.where(q - kv <= 20, s, torch.full_like(s, float("-inf")))  # noqa: E731
-# (pass, dtype, head dim): the forward at every head dim, the backward at the sm90 backward's
-KERNELS = [(pass_, dtype, head_dim) for pass_ in (0, 1) for dtype in (torch.bfloat16, torch.float16)
-           for head_dim in ((64, 128, 256) if pass_ == 0 else BACKWARD_HEAD_DIMS)]
+# (family, pass, dtype, head dim): every head dim but the sm90 backward's missing 256
+KERNELS = [(family, pass_, dtype, head_dim) for family in (SM80, SM90) for pass_ in (0, 1)
+           for dtype in (torch.bfloat16, torch.float16)
+           for head_dim in ((64, 128, 256) if family == SM80 or pass_ == 0 else SM90_BACKWARD_HEAD_DIMS)]
+_FAMILIES = {SM80: "sm80", SM90: "sm90"}
 
 
-def _link(pass_, dtype, head_dim, mod):
-    with open(kernel_path(dtype, head_dim, pass_), "rb") as f:
+def _link(family, pass_, dtype, head_dim, mod, arch=None):
+    with open(kernel_path(dtype, head_dim, pass_, family), "rb") as f:
         image = f.read()
-    hook = link.compile_ltoir(link._HOOK_PREFIX + generate(capture(mod)).source, "sm_90a", "hook.cu")
+    arch = arch or ("sm_90a" if family == SM90 else "sm_80")
+    hook = link.compile_ltoir(link._HOOK_PREFIX + generate(capture(mod)).source, arch, "hook.cu")
     info = []
-    cubin = link.link_cubin("sm_90a", [image, hook], info)
+    cubin = link.link_cubin(arch, [image, hook], info)
     return cubin, info[0]
 
 
@@ -56,25 +60,35 @@ def _check_report(log: str, kernel: str, what: str) -> None:
     assert "C7512" not in log and "serializ" not in log.lower(), f"{what}: serialized wgmma:\n{log}"
 
 
-@pytest.mark.parametrize("pass_,dtype,head_dim", KERNELS,
-                         ids=[f"{'bwd' if p else 'fwd'}-{d}-{h}".replace("torch.", "") for p, d, h in KERNELS])
-def test_every_shipped_kernel_links_without_spills(pass_, dtype, head_dim):
-    assert os.path.exists(kernel_path(dtype, head_dim, pass_)), "the build has sm90 kernels but not this LTO-IR"
-    names = list(HOOKS) if (dtype, head_dim) == (torch.bfloat16, 128) else ["silu", "tanh_relative_table"]
+@pytest.mark.parametrize("family,pass_,dtype,head_dim", KERNELS,
+                         ids=[f"{_FAMILIES[f]}-{'bwd' if p else 'fwd'}-{d}-{h}".replace("torch.", "")
+                              for f, p, d, h in KERNELS])
+def test_every_shipped_kernel_links_without_spills(family, pass_, dtype, head_dim):
+    if family == SM90 and not _C.has_linked_kernels(SM90):
+        pytest.skip("this build has no sm90 kernels")
+    assert os.path.exists(kernel_path(dtype, head_dim, pass_, family)), "the build has the family but not this LTO-IR"
+    one = (dtype, head_dim) == (torch.bfloat16, 128)
+    names = list(HOOKS) if one else ["silu", "tanh_relative_table"]
+    # the sm80 family runs on every GPU from Ampere on: linked for two more of them
+    archs = [None] + (["sm_86", "sm_90"] if family == SM80 and one else [])
     for name in names:
-        cubin, log = _link(pass_, dtype, head_dim, HOOKS[name])
-        assert cubin[:4] == b"\x7fELF"
-        _check_report(log, "bwd_kernel" if pass_ else "fwd_kernel",
-                      f"{'backward' if pass_ else 'forward'} {dtype} head_dim {head_dim} {name}")
+        for arch in archs:
+            cubin, log = _link(family, pass_, dtype, head_dim, HOOKS[name], arch)
+            assert cubin[:4] == b"\x7fELF"
+            _check_report(log, "bwd_" if pass_ else "fwd_kernel",
+                          f"{_FAMILIES[family]} {'backward' if pass_ else 'forward'} {dtype} head_dim {head_dim} "
+                          f"{name} {arch or ''}")
 
 
 def test_an_unreadable_image_is_refused_before_the_driver():
     with pytest.raises(ValueError, match=r"image: expected a cubin \(an ELF image\)"):
-        _C.load_linked_kernel(b"not a cubin", 0, 2, 128)
+        _C.load_linked_kernel(b"not a cubin", 0, 2, 128, SM90)
     with pytest.raises(ValueError, match="kind.head_dim: expected 64, 128 or 256, got 96"):
-        _C.load_linked_kernel(b"\x7fELF....", 0, 2, 96)
-    with pytest.raises(NotImplementedError, match="the linked backward is built for head dims 64 and 128"):
-        _C.load_linked_kernel(b"\x7fELF....", 1, 2, 256)
+        _C.load_linked_kernel(b"\x7fELF....", 0, 2, 96, SM80)
+    with pytest.raises(ValueError, match="kind.family: expected Backend::kSm80 or Backend::kSm90"):
+        _C.load_linked_kernel(b"\x7fELF....", 0, 2, 128, _C.BACKENDS["AUTO"])
+    with pytest.raises(NotImplementedError, match="the linked sm90 backward is built for head dims 64 and 128"):
+        _C.load_linked_kernel(b"\x7fELF....", 1, 2, 256, SM90)
 
 
 def test_more_gathers_than_the_kernels_hold_are_refused():
@@ -112,5 +126,5 @@ def test_the_hook_states_its_number_of_gathers():
 
 
 def test_a_mod_that_spills_still_links():
-    cubin, log = _link(0, torch.bfloat16, 256, WHERE_MINUS_INF)
+    cubin, log = _link(SM90, 0, torch.bfloat16, 256, WHERE_MINUS_INF)
     assert cubin[:4] == b"\x7fELF" and "fwd_kernel" in log

@@ -1,12 +1,12 @@
 """Linked score mods on the GPU (_score_mod_linked.py): callables no built-in expresses run on the
-sm90 forward with their generated hook linked in, against the float64 reference with the
+kernels with their generated hook linked in, on both kernel families (backend AUTO: the sm90
+kernels on Hopper; SM80: the sm80 kernels, on any GPU), against the float64 reference with the
 callable evaluated on every element, over odd lengths, GQA, both layouts, a block mask with
 partial tiles and rows that see no key, both dtypes and every head dim; the backward (dq, dk, dv,
-the captured tensors' gradients, through lse too) at head dims 64 and 128, the deterministic mode
-bit for bit; what cannot run (a backward at head dim 256, atomically added gradients in
-deterministic mode, the sm80 backend) is refused with its reason; a loaded kernel replays under
-CUDA-graph capture; the disk cache serves a fresh process. Hopper only (elsewhere the refusal is
-checked).
+the captured tensors' gradients, through lse too) at every head dim (256 on the sm80 kernels),
+the deterministic mode bit for bit; what cannot run (an sm90 backward at head dim 256,
+atomically added gradients in deterministic mode, backend SM90 off Hopper) is refused with its
+reason; a loaded kernel replays under CUDA-graph capture; the disk cache serves a fresh process.
 
 Tolerance, as in test_score_mod_callables_cuda.py: 2 x the error of a low-precision dense
 attention against the same float64 reference, plus 2 ulps."""
@@ -22,15 +22,20 @@ import pytest
 import torch
 
 import flashflex
+from flashflex import _C
 from flashflex._score_mod_resolve import resolve_callable
 from dense_reference import dense_attention, dense_mask
 from helpers import make_qkv
 from test_cuda_backward import ULP, lowp_attention, rel_err
 from test_score_mod_callables import vmapped
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+                                 reason="the CUDA kernels need compute capability 8.0 or newer")]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
-needs_hopper = pytest.mark.skipif(not HOPPER, reason="linked score mods run on the sm90 forward")
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="the sm90 kernels run on Hopper")
+# AUTO: the sm90 family on Hopper (the sm80 one elsewhere); SM80: the sm80 family everywhere
+BACKENDS = pytest.mark.parametrize("backend", ["AUTO", "SM80"])
 
 
 def _mask(b, h, q, kv):  # partial tiles on the diagonal; rows 0..39 see no key
@@ -57,16 +62,18 @@ def _mod(name):
     return MODS[name](_tensors("cuda"))
 
 
-def _check(gen, mod_name, dtype, head_dim, layout="bhtd", batch=2, hq=8, hkv=2, q_len=301, kv_len=517):
+def _check(gen, mod_name, dtype, head_dim, backend, layout="bhtd", batch=2, hq=8, hkv=2, q_len=301, kv_len=517):
     mod = _mod(mod_name)
     q, k, v = (t.cuda() for t in make_qkv(gen, batch, hq, hkv, q_len, kv_len, head_dim, dtype=dtype))
     if layout == "bthd":  # [B, T, H, D] storage seen as [B, H, T, D]
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     block_mask = flashflex.create_block_mask(_mask, None, None, q_len, kv_len, device="cuda")
-    assert resolve_callable(mod, q, k).linked is not None, "expected the linked path"
+    resolved = resolve_callable(mod, q, k, _C.BACKENDS[backend])
+    assert resolved.linked is not None, "expected the linked path"
+    assert resolved.linked.family == (_C.BACKENDS["SM90"] if HOPPER and backend == "AUTO" else _C.BACKENDS["SM80"])
     with torch.no_grad():
         out, lse = flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True,
-                                            return_lse=True)
+                                            return_lse=True, kernel_options={"BACKEND": backend})
     mask = dense_mask(_mask, batch, hq, q_len, kv_len)
     ref_mod = MODS[mod_name](_tensors("cpu", torch.float64))
     want, want_lse = dense_attention(*(t.cpu().double() for t in (q, k, v)), mask, vmapped(ref_mod))
@@ -81,24 +88,24 @@ def _check(gen, mod_name, dtype, head_dim, layout="bhtd", batch=2, hq=8, hkv=2, 
     assert lse_err <= 16 * ULP[dtype], f"{mod_name} lse: error {lse_err:.3e}"
 
 
-@needs_hopper
+@BACKENDS
 @pytest.mark.parametrize("mod_name", ["silu", "gated_softcap", "tanh_relative_table", "where_minus_inf"])
-def test_linked_mods_bf16_hdim128(mod_name, gen):
-    _check(gen, mod_name, torch.bfloat16, 128)
+def test_linked_mods_bf16_hdim128(mod_name, backend, gen):
+    _check(gen, mod_name, torch.bfloat16, 128, backend)
 
 
-@needs_hopper
+@BACKENDS
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_every_kernel(dtype, head_dim, gen):
-    _check(gen, "tanh_relative_table", dtype, head_dim)
+def test_every_kernel(dtype, head_dim, backend, gen):
+    _check(gen, "tanh_relative_table", dtype, head_dim, backend)
 
 
-@needs_hopper
+@BACKENDS
 @pytest.mark.parametrize("hq,hkv", [(5, 1), (7, 7), (12, 4)])
-def test_gqa_and_the_other_layout(hq, hkv, gen):
-    _check(gen, "gated_softcap" if hq <= 8 else "silu", torch.bfloat16, 64, layout="bthd", batch=1, hq=hq, hkv=hkv,
-           q_len=130, kv_len=129)
+def test_gqa_and_the_other_layout(hq, hkv, backend, gen):
+    _check(gen, "gated_softcap" if hq <= 8 else "silu", torch.bfloat16, 64, backend, layout="bthd", batch=1, hq=hq,
+           hkv=hkv, q_len=130, kv_len=129)
 
 
 def _grads(attend, q, k, v, leaves, dout, dlse):
@@ -111,7 +118,8 @@ def _grads(attend, q, k, v, leaves, dout, dlse):
     return [out] + grads
 
 
-def _check_backward(gen, mod_name, dtype, head_dim, deterministic=False, batch=2, hq=8, hkv=2, q_len=203, kv_len=333):
+def _check_backward(gen, mod_name, dtype, head_dim, backend, deterministic=False, batch=2, hq=8, hkv=2, q_len=203,
+                    kv_len=333):
     """out, dq, dk, dv and the captured tensors' gradients (through lse too) against float64."""
     tensors = {n: t.requires_grad_() for n, t in _tensors("cuda").items()}
     ref_tensors = {n: t.requires_grad_() for n, t in _tensors("cpu", torch.float64).items()}
@@ -122,7 +130,7 @@ def _check_backward(gen, mod_name, dtype, head_dim, deterministic=False, batch=2
     dlse = torch.randn(batch, hq, q_len, generator=gen).cuda()
     block_mask = flashflex.create_block_mask(_mask, None, None, q_len, kv_len, device="cuda")
     mask = dense_mask(_mask, batch, hq, q_len, kv_len)
-    options = {"deterministic": deterministic}
+    options = {"deterministic": deterministic, "BACKEND": backend}
     used = [n for n in tensors if n in _USES[mod_name]]
     got = _grads(lambda q, k, v: flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask,
                                                           enable_gqa=True, return_lse=True, kernel_options=options),
@@ -143,70 +151,74 @@ def _check_backward(gen, mod_name, dtype, head_dim, deterministic=False, batch=2
 _USES = {"silu": (), "gated_softcap": ("gate",), "tanh_relative_table": ("table",), "where_minus_inf": ()}
 
 
-@needs_hopper
+@BACKENDS
 @pytest.mark.parametrize("mod_name", list(MODS))
-def test_backward_bf16_hdim128(mod_name, gen):
-    _check_backward(gen, mod_name, torch.bfloat16, 128)
+def test_backward_bf16_hdim128(mod_name, backend, gen):
+    _check_backward(gen, mod_name, torch.bfloat16, 128, backend)
 
 
-@needs_hopper
+@BACKENDS
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_backward_hdim64_gqa_odd_lengths(dtype, gen):
-    _check_backward(gen, "tanh_relative_table", dtype, 64, batch=1, hq=12, hkv=4, q_len=130, kv_len=129)
+def test_backward_hdim64_gqa_odd_lengths(dtype, backend, gen):
+    _check_backward(gen, "tanh_relative_table", dtype, 64, backend, batch=1, hq=12, hkv=4, q_len=130, kv_len=129)
 
 
-@needs_hopper
-def test_deterministic_backward_is_bit_identical(gen):
-    first = _check_backward(gen, "silu", torch.bfloat16, 128, deterministic=True)
-    again = _check_backward(gen, "silu", torch.bfloat16, 128, deterministic=True)
+@BACKENDS
+def test_backward_hdim256_runs_on_the_sm80_kernels(backend, gen):
+    # the sm90 backward has no head dim 256: AUTO takes the sm80 one there, as for the built-in mods
+    _check_backward(gen, "tanh_relative_table", torch.bfloat16, 256, backend, batch=1, hq=4, hkv=2, q_len=150,
+                    kv_len=141)
+
+
+@BACKENDS
+def test_deterministic_backward_is_bit_identical(backend, gen):
+    first = _check_backward(gen, "silu", torch.bfloat16, 128, backend, deterministic=True)
+    again = _check_backward(gen, "silu", torch.bfloat16, 128, backend, deterministic=True)
     for a, b in zip(first, again):
         assert torch.equal(a, b)
 
 
 @needs_hopper
-def test_what_the_backward_cannot_take_is_refused(gen):
+def test_an_sm90_backward_at_head_dim_256_is_refused(gen):
     q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 256, dtype=torch.bfloat16))
-    with pytest.raises(NotImplementedError, match=r"built for head dims \(64, 128\)"):
-        flashflex.flex_attention(q.requires_grad_(), k, v, score_mod=_mod("silu"))
+    with pytest.raises(NotImplementedError, match=r"sm90 backward of a linked score mod is built for head dims"):
+        flashflex.flex_attention(q.requires_grad_(), k, v, score_mod=_mod("silu"), kernel_options={"BACKEND": "SM90"})
+
+
+@BACKENDS
+def test_learnable_tensors_in_deterministic_mode_are_refused(backend, gen):
     q, k, v = (t.cuda() for t in make_qkv(gen, 1, 8, 8, 64, 64, 64, dtype=torch.bfloat16))
     gate = torch.randn(8, device="cuda", requires_grad=True)
     with pytest.raises(NotImplementedError, match="added atomically"):
         flashflex.flex_attention(q, k, v, score_mod=MODS["gated_softcap"]({"gate": gate}),
-                                 kernel_options={"deterministic": True})
+                                 kernel_options={"deterministic": True, "BACKEND": backend})
 
 
-@needs_hopper
-def test_the_sm80_backend_is_refused(gen):
-    q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 64, dtype=torch.bfloat16))
-    with torch.no_grad(), pytest.raises(NotImplementedError, match="runs on the sm90 forward only"):
-        flashflex.flex_attention(q, k, v, score_mod=_mod("silu"), kernel_options={"BACKEND": "SM80"})
-
-
-@needs_hopper
-def test_cuda_graph_replays_a_loaded_kernel(gen):
+@BACKENDS
+def test_cuda_graph_replays_a_loaded_kernel(backend, gen):
     mod = _mod("gated_softcap")
+    options = {"BACKEND": backend}
     q, k, v = (t.cuda() for t in make_qkv(gen, 1, 8, 2, 257, 257, 128, dtype=torch.bfloat16))
     with torch.no_grad():
-        flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True)  # links and loads outside capture
+        flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True, kernel_options=options)  # loads outside
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True)
+            out = flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True, kernel_options=options)
         for _ in range(2):
             q.copy_(torch.randn_like(q))
             graph.replay()
             torch.cuda.synchronize()
-            assert torch.equal(out, flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True))
+            assert torch.equal(out, flashflex.flex_attention(q, k, v, score_mod=mod, enable_gqa=True,
+                                                             kernel_options=options))
 
 
 @pytest.mark.skipif(HOPPER, reason="elsewhere: the refusal")
-def test_off_hopper_the_refusal_says_why(gen):
+def test_off_hopper_backend_sm90_is_refused(gen):
     q, k, v = (t.cuda() for t in make_qkv(gen, 1, 4, 4, 64, 64, 64, dtype=torch.bfloat16))
-    with pytest.raises(NotImplementedError, match="cannot be linked into the kernels here: linked score mods run on "
-                                                  "the Hopper kernels only"):
-        flashflex.flex_attention(q, k, v, score_mod=_mod("silu"))
+    with pytest.raises(NotImplementedError, match="backend SM90 needs a Hopper GPU"):
+        flashflex.flex_attention(q, k, v, score_mod=_mod("silu"), kernel_options={"BACKEND": "SM90"})
 
 
-@needs_hopper
 def test_the_disk_cache_serves_a_fresh_process(tmp_path):
     script = textwrap.dedent("""
         import torch, flashflex

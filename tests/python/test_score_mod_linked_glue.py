@@ -118,13 +118,31 @@ def test_deterministic_mode_refuses_atomically_added_gradients(native):
         mod.attend(q, k, v, [], 0.125, True, 0)
 
 
-def test_the_backward_at_head_dim_256_is_refused_before_any_work(native):
+def test_the_sm90_backward_at_head_dim_256_is_refused_before_any_work(native):
     mod = linked.LinkedScoreMod(generate(capture(lambda s, b, h, q, kv: s * torch.sigmoid(s))), FWD, False,
-                                torch.bfloat16, 256)
+                                torch.bfloat16, 256, (9, 0), linked.SM90)
     q, k, v = (torch.randn(1, 4, 8, 256) for _ in range(3))
-    with pytest.raises(NotImplementedError, match=r"built for head dims \(64, 128\)"):
-        mod.attend(q.requires_grad_(), k, v, [], 0.125, False, 0)
+    with pytest.raises(NotImplementedError, match=r"sm90 backward of a linked score mod is built for head dims"):
+        mod.attend(q.requires_grad_(), k, v, [], 0.125, False, linked.SM90)
     assert native.forward_mods == []
+
+
+@pytest.mark.parametrize("capability,backend,head_dim,want", [
+    ((9, 0), 0, 128, ("sm90", "sm_90a")),   # AUTO on Hopper: the sm90 kernels
+    ((9, 0), 0, 256, ("sm80", "sm_90")),    # ... but the sm90 backward has no head dim 256
+    ((9, 0), 1, 128, ("sm80", "sm_90")),    # SM80 on Hopper
+    ((8, 6), 0, 64, ("sm80", "sm_86")),     # any other GPU: the sm80 kernels, linked for it
+])
+def test_the_backward_is_linked_from_the_family_its_backend_takes(native, monkeypatch, capability, backend,
+                                                                   head_dim, want):
+    loads = []
+    monkeypatch.setattr(linked, "_load", lambda g, pass_, fam, arch, dtype, hd: loads.append((pass_, fam, arch))
+                        or (BWD, False))
+    mod = linked.LinkedScoreMod(generate(capture(lambda s, b, h, q, kv: s * torch.sigmoid(s))), FWD, False,
+                                torch.bfloat16, head_dim, capability, backend)
+    assert mod.backward_handle() == BWD
+    names = {linked.SM80: "sm80", linked.SM90: "sm90"}
+    assert [(p, names[f], a) for p, f, a in loads] == [(1, *want)]
 
 
 def test_a_failed_link_of_the_backward_is_a_refusal_with_its_reason(native, monkeypatch):

@@ -1,5 +1,5 @@
 // Instantiation group of the sm80 backward main kernel: fp16, head dim 64, every score mod
-// (launch_bwd.cuh); dispatched from src/cuda/backward.cu.
+// and the launcher of a linked score mod (launch_bwd.cuh); dispatched from src/cuda/backward.cu.
 #include "cuda/sm80/launch_bwd.cuh"
 
 namespace flashflex::sm80 {
@@ -8,5 +8,6 @@ template void launch_bwd_main<DType::kFloat16, 64, ScoreModKind::kNone>(const cu
 template void launch_bwd_main<DType::kFloat16, 64, ScoreModKind::kSoftcap>(const cuda::BwdParams&, void*);
 template void launch_bwd_main<DType::kFloat16, 64, ScoreModKind::kAlibi>(const cuda::BwdParams&, void*);
 template void launch_bwd_main<DType::kFloat16, 64, ScoreModKind::kBias>(const cuda::BwdParams&, void*);
+template void launch_bwd_linked<DType::kFloat16, 64>(const cuda::BwdParams&, const void*, void*);
 
 }  // namespace flashflex::sm80

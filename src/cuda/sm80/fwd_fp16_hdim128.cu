@@ -1,5 +1,5 @@
-// Instantiation group of the sm80 forward: fp16, head dim 128, every score mod, and the EAGLE3
-// row-local variant (launch_fwd.cuh); dispatched from src/cuda/forward.cu.
+// Instantiation group of the sm80 forward: fp16, head dim 128, every score mod, the EAGLE3 row-local
+// variant and the launcher of a linked score mod (launch_fwd.cuh); dispatched from src/cuda/forward.cu.
 #include "cuda/sm80/launch_fwd.cuh"
 
 namespace flashflex::sm80 {
@@ -9,5 +9,6 @@ template void launch_fwd<DType::kFloat16, 128, ScoreModKind::kSoftcap, false>(co
 template void launch_fwd<DType::kFloat16, 128, ScoreModKind::kAlibi, false>(const cuda::FwdParams&, void*);
 template void launch_fwd<DType::kFloat16, 128, ScoreModKind::kBias, false>(const cuda::FwdParams&, void*);
 template void launch_fwd<DType::kFloat16, 128, ScoreModKind::kNone, true>(const cuda::FwdParams&, void*);
+template void launch_fwd_linked<DType::kFloat16, 128>(const cuda::FwdParams&, const void*, void*);
 
 }  // namespace flashflex::sm80

@@ -87,7 +87,7 @@ struct FwdConfig<Element, 64, kMod> {
 };
 template <typename Element, ScoreModKind kMod>
 struct FwdConfig<Element, 128, kMod> {
-  using Traits = std::conditional_t<kMod == ScoreModKind::kBias, FwdTraits<Element, 128, 64, 8, 1>,
+  using Traits = std::conditional_t<kMod == ScoreModKind::kBias || kMod == ScoreModKind::kLinked, FwdTraits<Element, 128, 64, 8, 1>,
                                     FwdTraits<Element, 128, 128, 8, 1, /*kQInRegs=*/true>>;
 };
 template <typename Element, ScoreModKind kMod>

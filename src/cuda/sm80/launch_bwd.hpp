@@ -16,6 +16,11 @@ namespace flashflex::sm80 {
 template <DType kDType, int kHeadDim, ScoreModKind kMod>
 void launch_bwd_main(const cuda::BwdParams& params, void* stream);
 
+// The same with `kernel`, the bwd_main_kernel of ScoreModKind::kLinked for kDType and kHeadDim
+// linked at run time (src/cuda/linked/sm80_bwd.cu, load_linked_kernel).
+template <DType kDType, int kHeadDim>
+void launch_bwd_linked(const cuda::BwdParams& params, const void* kernel, void* stream);
+
 // Keys per CTA of the main kernel at `head_dim` (kernel_traits_bwd.cuh; launch_bwd.cuh checks it):
 // the GQA split is sized from it.
 constexpr int bwd_block_n(int head_dim) { return head_dim == 256 ? 64 : 128; }

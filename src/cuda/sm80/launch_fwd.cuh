@@ -1,7 +1,8 @@
 // Definition of the sm80 forward launchers (declared in launch_fwd.hpp): checks the device's
 // shared memory, raises the kernel's limit once per device (device_info.hpp) and launches
 // kernel_fwd.cuh's kernel, one CTA per (kBlockM rows of q, q head, batch), heaviest q blocks
-// first. Included only by the instantiation files sm80/fwd_*.cu.
+// first: the compiled one of a score mod, or one linked at run time (launch_fwd_linked). Included
+// only by the instantiation files sm80/fwd_*.cu.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,13 +19,15 @@
 
 namespace flashflex::sm80 {
 
-template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
-void launch_fwd(const cuda::FwdParams& params, void* stream) {
-  using Traits = typename FwdConfig<cuda::element_t<kDType>, kHeadDim, kMod>::Traits;
+namespace detail {
+
+// Launches `kernel`, fwd_kernel<Traits, kMod, ...> of FwdConfig's traits for kMod: compiled in,
+// or the one kernel of a linked cubin (a cudaKernel_t, which the runtime takes where a function is).
+template <class Traits>
+void launch_fwd_kernel(const void* kernel, const cuda::FwdParams& params, void* stream) {
   constexpr int kSmem = Traits::kSmemBytes;
-  auto kernel = fwd_kernel<Traits, kMod, kRowLocal>;
   const int device = cuda::current_device();
-  cuda::prepare_kernel_smem(reinterpret_cast<const void*>(kernel), kSmem, device, "the CUDA forward", kHeadDim);
+  cuda::prepare_kernel_smem(kernel, kSmem, device, "the CUDA forward", Traits::kHeadDim);
 
   const int64_t blocks =
       static_cast<int64_t>(params.num_q_tiles) * Traits::kMBlocksPerTile * params.batch * params.q_heads;
@@ -33,8 +36,27 @@ void launch_fwd(const cuda::FwdParams& params, void* stream) {
                 flashflex::detail::concat("q: the CUDA forward needs batch * heads * ceil(q_len / ", Traits::kBlockM,
                                           ") < 2^31 CTAs, got ", blocks));
   }
-  kernel<<<static_cast<unsigned>(blocks), Traits::kNumThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(params);
+  cuda::FwdParams args = params;
+  void* kernel_args[] = {&args};
+  // Checked through cudaGetLastError, which also clears a failed launch's error (as after <<<>>>).
+  (void)cudaLaunchKernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(Traits::kNumThreads), kernel_args, kSmem,
+                         static_cast<cudaStream_t>(stream));
   FLASHFLEX_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace detail
+
+template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
+void launch_fwd(const cuda::FwdParams& params, void* stream) {
+  using Traits = typename FwdConfig<cuda::element_t<kDType>, kHeadDim, kMod>::Traits;
+  detail::launch_fwd_kernel<Traits>(reinterpret_cast<const void*>(fwd_kernel<Traits, kMod, kRowLocal>), params,
+                                    stream);
+}
+
+template <DType kDType, int kHeadDim>
+void launch_fwd_linked(const cuda::FwdParams& params, const void* kernel, void* stream) {
+  using Traits = typename FwdConfig<cuda::element_t<kDType>, kHeadDim, ScoreModKind::kLinked>::Traits;
+  detail::launch_fwd_kernel<Traits>(kernel, params, stream);
 }
 
 }  // namespace flashflex::sm80

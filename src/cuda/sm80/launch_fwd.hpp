@@ -17,4 +17,9 @@ namespace flashflex::sm80 {
 template <DType kDType, int kHeadDim, ScoreModKind kMod, bool kRowLocal>
 void launch_fwd(const cuda::FwdParams& params, void* stream);
 
+// The same with `kernel`, the fwd_kernel of ScoreModKind::kLinked for kDType and kHeadDim linked
+// at run time (src/cuda/linked/sm80_fwd.cu, load_linked_kernel).
+template <DType kDType, int kHeadDim>
+void launch_fwd_linked(const cuda::FwdParams& params, const void* kernel, void* stream);
+
 }  // namespace flashflex::sm80

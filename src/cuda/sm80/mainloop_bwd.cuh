@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "cuda/common/dq_writer.cuh"
+#include "cuda/common/gather_grads.cuh"
 #include "cuda/common/q_walk.cuh"
 #include "cuda/common/score_mod.cuh"
 #include "cuda/common/step_visibility.cuh"
@@ -235,6 +236,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
       const uint32_t p_base = 2u * swizzle<Tr::kBlockN>(sdp_row0 + g, sdp_col0 + 2 * t);
       unsigned char* s_p = smem_buf + Tr::kOffP;
       unsigned char* s_ds = smem_buf + Tr::kOffDs;
+      [[maybe_unused]] cuda::GatherGradRuns<kMod> gather_grads;
 #pragma unroll
       for (int mi = 0; mi < Tr::kSdpFragsM; ++mi) {
 #pragma unroll
@@ -250,7 +252,14 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
             for (int e = 0; e < 2; ++e) {
               const int idx = (mi * Tr::kSdpFragsN + ni) * 4 + h * 2 + e;
               float dmod;
-              const float logit2 = mod.logit2(s_acc[mi][ni][h * 2 + e], m0 + row, n0 + col + e, dmod);
+              [[maybe_unused]] float d_gathered[kMaxHookGathers];
+              [[maybe_unused]] int64_t offset[kMaxHookGathers];
+              float logit2;
+              if constexpr (kMod == ScoreModKind::kLinked) {
+                logit2 = mod.logit2(s_acc[mi][ni][h * 2 + e], m0 + row, n0 + col + e, dmod, d_gathered, offset);
+              } else {
+                logit2 = mod.logit2(s_acc[mi][ni][h * 2 + e], m0 + row, n0 + col + e, dmod);
+              }
               const bool visible = (vis >> idx) & 1u;
               // Hidden scores enter the exp as -inf (exp2 gives +0): a select, not a predicated
               // exp plus a zeroing move per element.
@@ -258,6 +267,10 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
               const float ds = pe * (dp_acc[mi][ni][h * 2 + e] - row_dpsum);
               if (kMod == ScoreModKind::kBias && dbias != nullptr && visible) {
                 atomicAdd(dbias + int64_t(m0 + row) * p.kv_len + (n0 + col + e), ds);
+              }
+              // d loss / d gathered element = dS * d mod / d element, added where the score counts.
+              if constexpr (kMod == ScoreModKind::kLinked) {
+                if (pe != 0.f) gather_grads.add(p.mod, d_gathered, offset, ds);
               }
               pv[e] = pe;
               dsv[e] = ds * dmod;
@@ -268,6 +281,7 @@ __global__ void __launch_bounds__(Tr::kNumThreads, Tr::kMinBlocksPerSm)
           }
         }
       }
+      gather_grads.flush(p.mod);
     }
     __syncthreads();  // (B) P, dS and the walk's new step visible to every warp
 

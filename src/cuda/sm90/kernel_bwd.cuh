@@ -25,6 +25,7 @@
 
 #include <cstdint>
 
+#include "cuda/common/gather_grads.cuh"
 #include "cuda/common/score_mod.cuh"
 #include "cuda/params.hpp"
 #include "cuda/ptx/atomics_bwd.cuh"
@@ -58,50 +59,6 @@ enum class GradPass { kP, kDs, kBoth };
 template <ScoreModKind kMod>
 constexpr bool kSplitGrad = kMod != ScoreModKind::kSoftcap && kMod != ScoreModKind::kLinked;
 
-// The gradients of a linked hook's gathered elements over one step: each gather keeps a run of
-// equal offsets in registers and adds it with one atomic when the offset changes, and at the end.
-// A per-head tensor (one offset for the whole CTA) then costs one atomic per thread and step
-// instead of one per score. Empty for every other mod.
-template <ScoreModKind kMod>
-struct GatherGradRuns {
-  __device__ void add(const cuda::ScoreModParams&, const float (&)[kMaxHookGathers],
-                      const int64_t (&)[kMaxHookGathers], float) {}
-  __device__ void flush(const cuda::ScoreModParams&) const {}
-};
-
-template <>
-struct GatherGradRuns<ScoreModKind::kLinked> {
-  int64_t offset[kMaxHookGathers];
-  float sum[kMaxHookGathers];
-  __device__ GatherGradRuns() {
-#pragma unroll
-    for (int g = 0; g < kMaxHookGathers; ++g) offset[g] = -1, sum[g] = 0.f;
-  }
-  // ds: d loss / d mod value of one visible score; d_gathered, at: the hook's partials and offsets
-  // (offset -1: an index out of range, the score NaN and the loss too: nothing to add).
-  __device__ void add(const cuda::ScoreModParams& mod, const float (&d_gathered)[kMaxHookGathers],
-                      const int64_t (&at)[kMaxHookGathers], float ds) {
-#pragma unroll
-    for (int g = 0; g < kMaxHookGathers; ++g) {
-      if (g >= flashflex_score_mod_gathers()) break;  // folds away once linked
-      if (mod.hook_gather_grads[g] == nullptr || at[g] < 0) continue;
-      if (at[g] != offset[g]) {
-        if (offset[g] >= 0) atomicAdd(mod.hook_gather_grads[g] + offset[g], sum[g]);
-        offset[g] = at[g];
-        sum[g] = 0.f;
-      }
-      sum[g] += ds * d_gathered[g];
-    }
-  }
-  __device__ void flush(const cuda::ScoreModParams& mod) const {
-#pragma unroll
-    for (int g = 0; g < kMaxHookGathers; ++g) {
-      if (g >= flashflex_score_mod_gathers()) break;
-      if (offset[g] >= 0) atomicAdd(mod.hook_gather_grads[g] + offset[g], sum[g]);
-    }
-  }
-};
-
 // kMasked = false: a full step inside both sequence bounds (most steps), no visibility work.
 template <class Traits, ScoreModKind kMod, GradPass kPass, bool kMasked>
 __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTilesS * 4],
@@ -117,7 +74,7 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
     const int bb = p.bias_batch == 1 ? 0 : b, hb = p.bias_heads == 1 ? 0 : hq;
     dbias = p.dbias_accum + (static_cast<int64_t>(bb) * p.bias_heads + hb) * p.q_len * int64_t(p.kv_len);
   }
-  [[maybe_unused]] GatherGradRuns<kMod> gather_grads;
+  [[maybe_unused]] cuda::GatherGradRuns<kMod> gather_grads;
 #pragma unroll
   for (int j = 0; j < Traits::kNTilesS; ++j) {
     const int q0 = 8 * j + 2 * t;
