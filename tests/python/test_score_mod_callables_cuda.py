@@ -1,7 +1,7 @@
 """The score_mod zoo (test_score_mod_callables.py) on CUDA, in bf16: every recognised callable runs
 on the ahead-of-time kernels, forward and backward (captured tensors' gradients included), against
-the float64 reference; every other one runs on the linked kernels on Hopper (forward and backward
-likewise) and is refused with the reason elsewhere. Skipped without a GPU.
+the float64 reference; every other one runs on the linked kernels (forward and backward likewise);
+both kernel families (backend AUTO: the sm90 kernels on Hopper; SM80). Skipped without a GPU.
 
 Tolerance, as in test_cuda_backward.py: 2 x the error of a low-precision dense attention (products
 in bf16, softmax in float32, P rounded to bf16) against the same float64 reference, plus 2 ulps."""
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import flashflex
+from flashflex import _C
 from flashflex._score_mod_resolve import resolve_callable
 from dense_reference import dense_attention, dense_mask
 from helpers import make_qkv, randn
@@ -29,8 +30,9 @@ def _run(attend, q, k, v, leaves, dout):
     return [out] + [t.grad for t in (q, k, v)] + [t.grad for t in leaves]
 
 
+@pytest.mark.parametrize("backend", ["AUTO", "SM80"])
 @pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_on_cuda(name, gen):
+def test_zoo_on_cuda(name, backend, gen):
     case = ZOO[name]
     ff, ref = _tensors(case.tensors, gen)
     ff = {n: (torch.nn.Parameter(t.detach().cuda()) if isinstance(t, torch.nn.Parameter)
@@ -39,17 +41,15 @@ def test_zoo_on_cuda(name, gen):
     mod, ref_mod, low_mod = case.build(ff), case.build(ref), case.build(low)
     q, k, v = (t.cuda() for t in make_qkv(gen, BATCH, HQ, HKV, Q_LEN, KV_LEN, HEAD_DIM, dtype=DTYPE))
     block_mask = flashflex.create_block_mask(MASK, None, None, Q_LEN, KV_LEN, device="cuda")
-    if case.kind is None and torch.cuda.get_device_capability()[0] != 9:
-        with pytest.raises(NotImplementedError, match="cannot be linked into the kernels here"):
-            flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=True)
-        return
     if case.kind is None:
-        assert resolve_callable(mod, q, k).linked is not None, f"{name}: expected the linked kernels"
+        linked = resolve_callable(mod, q, k, _C.BACKENDS[backend]).linked
+        assert linked is not None, f"{name}: expected the linked kernels"
     dout = randn(gen, BATCH, HQ, Q_LEN, HEAD_DIM).cuda()
     mask = dense_mask(MASK, BATCH, HQ, Q_LEN, KV_LEN)
     leaves = [ff[n] if not isinstance(mod, torch.nn.Module) else mod.bias for n in ff if ff[n].requires_grad]
     got = _run(lambda q, k, v: flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask,
-                                                        enable_gqa=True, return_lse=True), q, k, v, leaves, dout)
+                                                        enable_gqa=True, return_lse=True,
+                                                        kernel_options={"BACKEND": backend}), q, k, v, leaves, dout)
     want = _run(lambda q, k, v: dense_attention(q, k, v, mask, vmapped(ref_mod)),
                 *(t.cpu().double() for t in (q, k, v)), [ref[n] for n in ref if ref[n].requires_grad],
                 dout.cpu().double())
