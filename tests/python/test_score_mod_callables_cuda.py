@@ -23,10 +23,14 @@ pytestmark = pytest.mark.cuda
 DTYPE = torch.bfloat16
 
 
-def _run(attend, q, k, v, leaves, dout):
+def _run(attend, q, k, v, leaves, dout, dlse):
+    # The loss runs through lse too: without it a learnable ALiBi slope's gradient is the small
+    # remainder of cancelling terms, which no bf16 check can tell from a wrong one (bench/NOTES.md,
+    # learnable ALiBi slopes).
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
     out, lse = attend(q, k, v)
-    (out.float() * dout.float()).sum().backward()
+    finite_lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    ((out.float() * dout.float()).sum() + (finite_lse.float() * dlse.float()).sum()).backward()
     return [out] + [t.grad for t in (q, k, v)] + [t.grad for t in leaves]
 
 
@@ -45,16 +49,18 @@ def test_zoo_on_cuda(name, backend, gen):
         linked = resolve_callable(mod, q, k, _C.BACKENDS[backend]).linked
         assert linked is not None, f"{name}: expected the linked kernels"
     dout = randn(gen, BATCH, HQ, Q_LEN, HEAD_DIM).cuda()
+    dlse = randn(gen, BATCH, HQ, Q_LEN).cuda()
     mask = dense_mask(MASK, BATCH, HQ, Q_LEN, KV_LEN)
     leaves = [ff[n] if not isinstance(mod, torch.nn.Module) else mod.bias for n in ff if ff[n].requires_grad]
     got = _run(lambda q, k, v: flashflex.flex_attention(q, k, v, score_mod=mod, block_mask=block_mask,
                                                         enable_gqa=True, return_lse=True,
-                                                        kernel_options={"BACKEND": backend}), q, k, v, leaves, dout)
+                                                        kernel_options={"BACKEND": backend}), q, k, v, leaves, dout,
+               dlse)
     want = _run(lambda q, k, v: dense_attention(q, k, v, mask, vmapped(ref_mod)),
                 *(t.cpu().double() for t in (q, k, v)), [ref[n] for n in ref if ref[n].requires_grad],
-                dout.cpu().double())
+                dout.cpu().double(), dlse.cpu().double())
     base = _run(lambda q, k, v: lowp_attention(q, k, v, mask.cuda(), vmapped(low_mod), HEAD_DIM ** -0.5),
-                q, k, v, [low[n] for n in low if low[n].requires_grad], dout)
+                q, k, v, [low[n] for n in low if low[n].requires_grad], dout, dlse)
     names = ["out", "dq", "dk", "dv"] + [f"d{n}" for n in ff if ff[n].requires_grad]
     floor = 0.01 * max(w.abs().max().item() for w in want[1:4])
     for what, g, w, b in zip(names, got, want, base):
