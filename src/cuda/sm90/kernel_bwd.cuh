@@ -31,7 +31,9 @@
 #include "cuda/ptx/atomics_bwd.cuh"
 #include "cuda/ptx/barrier.cuh"
 #include "cuda/ptx/bulk_reduce.cuh"
+#include "cuda/ptx/ldmatrix.cuh"
 #include "cuda/ptx/math.cuh"
+#include "cuda/ptx/opaque.cuh"
 #include "cuda/ptx/wgmma.cuh"
 #include "cuda/sm90/epilogue_bwd.cuh"
 #include "cuda/sm90/kernel_traits_bwd.cuh"
@@ -69,6 +71,9 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
   const cuda::ScoreModLogit2<kMod> mod(p.mod, p.scale, p.scale_log2, b, hq);
   const int q_lim = p.q_len - m0, key_lim = p.kv_len - n0;
   const int kbit = key0 % 32;
+  // The sequence bound of this thread's two keys as the bits of a bitmap word (bits 0 and 8 after
+  // the shift): a masked score is visible where one bit of `word` says so.
+  const uint32_t keys_in = (key0 < key_lim ? 1u : 0u) | (key0 + 8 < key_lim ? 0x100u : 0u);
   float* dbias = nullptr;  // this head's [Q_LEN, KV_LEN] slice of the fp32 dbias accumulator
   if (kWantDs && kMod == ScoreModKind::kBias && p.dbias_accum != nullptr) {
     const int bb = p.bias_batch == 1 ? 0 : b, hb = p.bias_heads == 1 ? 0 : hq;
@@ -88,7 +93,10 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
       const float dps = c == 0 ? row_dpsum.x : row_dpsum.y;
       const bool saw_keys = l2 != INFINITY;  // lse -inf: nothing visible, whatever its scores
       uint32_t word = ~0u;
-      if (kWantP && kMasked && bits != nullptr) word = bits[q * kBitmapWordsPerRow] >> kbit;
+      if (kWantP && kMasked) {
+        if (bits != nullptr) word = bits[q * kBitmapWordsPerRow] >> kbit;
+        word = q < q_lim && saw_keys ? word & keys_in : 0u;
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int i = 4 * j + 2 * h + c;
@@ -97,16 +105,23 @@ __device__ __forceinline__ void softmax_grad_step(float (&acc_s)[Traits::kNTiles
         [[maybe_unused]] float d_gathered[kMaxHookGathers];
         [[maybe_unused]] int64_t offset[kMaxHookGathers];
         if (kWantP) {
-          bool visible = true;
-          if (kMasked) visible = ((word >> (8 * h)) & 1u) && q < q_lim && key < key_lim;
+          bool visible = saw_keys;
+          if (kMasked) visible = (word >> (8 * h)) & 1u;
           float logit2;
           if constexpr (kMod == ScoreModKind::kLinked) {
             logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod, d_gathered, offset);
           } else {
             logit2 = mod.logit2(acc_s[i], m0 + q, n0 + key, dmod);
           }
-          // Hidden scores enter the exp as -inf (exp2 gives +0).
-          acc_s[i] = ptx::exp2_approx(visible && saw_keys ? logit2 - l2 : -INFINITY);
+          // Hidden scores enter the exp as -inf (exp2 gives +0). A row that saw no keys has
+          // LSE2 = +inf, so a finite logit gives +0 without the select: full steps of mods whose
+          // logits are finite skip it.
+          constexpr bool kFiniteLogits = kMod != ScoreModKind::kBias && kMod != ScoreModKind::kLinked;
+          if (!kMasked && kFiniteLogits) {
+            acc_s[i] = ptx::exp2_approx(logit2 - l2);
+          } else {
+            acc_s[i] = ptx::exp2_approx(visible ? logit2 - l2 : -INFINITY);
+          }
         }
         if (kWantDs) {
           const float pe = acc_s[i];
@@ -139,46 +154,60 @@ __device__ __forceinline__ void softmax_grad(float (&acc_s)[Traits::kNTilesS * 4
   }
 }
 
-// dS^T fragments -> the [128 keys][64 q rows] tile (128-byte swizzle: 16-byte chunk ^= key % 8,
-// so the 8 keys x 4 words of a warp's store hit 32 banks).
-template <class Traits>
-__device__ __forceinline__ void store_ds(uint32_t tile, const uint32_t (&ds)[Traits::kKSteps][4], int key0, int t) {
+// dS^T fragments -> the [128 keys][64 q rows] tile (128-byte swizzle: 16-byte chunk ^= key % 8),
+// one stmatrix.x4 per k16 step. Register r of ds[kk] is the 8 x 8 matrix of keys
+// warp_key0 + 8 (r % 2) + [0, 8) and q rows 16 kk + 8 (r / 2) + [0, 8) (pack order of
+// GemmBwd::pack, the plain stmatrix layout: lane l holds row l / 4, columns 2 (l % 4), +1).
+// Lane l gives row l % 8 of matrix l / 8; its address for step kk is its kk = 0 address with
+// chunk bits ^ 2 kk (the chunk 2 kk + r / 2 < 8 needs no carry).
+struct DsStore {
+  uint32_t lane_off;  // the lane's row address in a dS^T buffer at kk = 0
+
+  __device__ explicit DsStore(int warp_key0, int lane) {
+    const int m = lane / 8, key = warp_key0 + 8 * (m % 2) + lane % 8;
+    lane_off = key * 128 + (((m / 2) ^ (key % 8)) << 4);
+  }
+  template <int kKSteps>
+  __device__ void store(uint32_t tile, const uint32_t (&ds)[kKSteps][4]) const {
+    static_assert(kKSteps <= 4, "a 64-row step: chunks 2 kk + 1 < 8");
+    const uint32_t off = ptx::opaque(lane_off);
 #pragma unroll
-  for (int kk = 0; kk < Traits::kKSteps; ++kk)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int j = 2 * kk + r / 2, key = key0 + 8 * (r % 2);  // pack order of GemmBwd::pack
-      const int q = 8 * j + 2 * t;
-      const uint32_t addr = tile + key * 128 + (((q / 8) ^ (key % 8)) << 4) + (q % 8) * 2;
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(ds[kk][r]) : "memory");
-    }
-}
+    for (int kk = 0; kk < kKSteps; ++kk) ptx::stmatrix_x4(tile + (off ^ (kk << 5)), ds[kk]);
+  }
+};
 
 // The warpgroup's fp32 dQ columns -> its staging tile: kDqBoxes boxes of 64 rows x 32 columns in
 // the dQ map's 128-byte swizzle (common/dq_writer.cuh's layout). A 64-bit store is served per
 // half-warp: 4 rows (row % 8 = 4 i .. 4 i + 3) x 32 bytes. In the swizzle, rows r and r ^ 1 put a
 // 32-byte column group on the same banks (16-byte chunk ^= r % 8 keeps the chunk pair), so at
 // store n odd rows write column group n ^ 2 instead of n: the half-warp's 4 rows then land on 4
-// distinct bank groups (one wavefront where there were two). row: this thread's first row
-// (row % 2 = lane / 4 % 2); the selection costs one select per value.
-template <class Traits>
-__device__ __forceinline__ void stage_dq(uint32_t tile, const float (&acc)[Traits::kDqCols / 2], int row, int t) {
-  static_assert(Traits::kDqCols % 32 == 0, "column groups swap within a 32-column box");
-  const bool odd = row & 1;
+// distinct bank groups (one wavefront where there were two); the selection costs one select per
+// value. Addresses: column group j of row r is chunk (2 (j % 4) + t / 2) ^ (r % 8) of box j / 4,
+// i.e. one per-thread base (j = 0, the odd rows' swap folded in) with chunk bits ^ 2 (n % 4) and
+// a constant box offset: one register where a precomputed address per store spilled.
+struct DqStage {
+  uint32_t base;  // the thread's column group 0 (its row's swapped group for odd rows), row `row`
+  bool odd;
+
+  __device__ DqStage(int row, int t) : odd(row & 1) {
+    base = row * 128 + ((((t / 2) ^ (row & 7)) ^ (odd ? 4 : 0)) << 4) + (t % 2) * 8;
+  }
+  template <class Traits>
+  __device__ void store(uint32_t tile, const float (&acc)[Traits::kDqCols / 2]) const {
+    static_assert(Traits::kDqCols % 32 == 0, "column groups swap within a 32-column box");
+    const uint32_t b = ptx::opaque(base);
 #pragma unroll
-  for (int n = 0; n < Traits::kDqCols / 8; ++n) {
-    const int j = odd ? n ^ 2 : n;  // the column group stored (8 j .. 8 j + 7)
+    for (int n = 0; n < Traits::kDqCols / 8; ++n) {
+      const uint32_t addr = tile + (n / 4) * Traits::kDqBoxBytes + (b ^ ((n % 4) << 5));
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = row + 8 * h, c = 8 * j + 2 * t;
-      const float x = odd ? acc[4 * (n ^ 2) + 2 * h] : acc[4 * n + 2 * h];
-      const float y = odd ? acc[4 * (n ^ 2) + 2 * h + 1] : acc[4 * n + 2 * h + 1];
-      const uint32_t addr = tile + (c / 32) * Traits::kDqBoxBytes + r * 128 + (((((c % 32) * 4) >> 4) ^ (r & 7)) << 4) +
-                            (((c % 32) * 4) & 15);
-      ptx::st_shared_f32x2(addr, x, y);
+      for (int h = 0; h < 2; ++h) {  // rows row and row + 8
+        const float x = odd ? acc[4 * (n ^ 2) + 2 * h] : acc[4 * n + 2 * h];
+        const float y = odd ? acc[4 * (n ^ 2) + 2 * h + 1] : acc[4 * n + 2 * h + 1];
+        ptx::st_shared_f32x2(addr + h * 8 * 128, x, y);
+      }
     }
   }
-}
+};
 
 // Deterministic mode: the CTAs that add into one (batch, head, q tile) of dQ take turns in
 // descending kv order (rank from the producer's StepSlot), so every element's fp32 sum has one
@@ -218,6 +247,8 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
   const int n0 = kv_tile * Traits::kBlockN;
   const int dq_col0 = cwg * Traits::kDqCols;
   const bool elected = tid == 0;  // issues this warpgroup's dQ adds
+  const DsStore ds_store(wg_row0 + warp * 16, lane);
+  const DqStage dq_stage(warp * 16 + lane / 4, t);
 
   float acc_dk[Traits::kNTilesKV * 4], acc_dv[Traits::kNTilesKV * 4];
 #pragma unroll
@@ -260,7 +291,7 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
     Gemm::gemm_acc(acc_dv, p_frag, s.dout(st.stage));
     ptx::wgmma_commit();
 
-    store_ds<Traits>(s.ds(ds_buf), ds_frag, key0, t);
+    ds_store.store(s.ds(ds_buf), ds_frag);
     ptx::fence_proxy_async_shared();  // the stores, before the wgmma reads of the other warpgroup
     if (elected) ptx::bulk_wait_read_all();  // the previous step's dQ add has read the staging tile
     ptx::named_bar_sync(kBarDs, Traits::kConsumerThreads);
@@ -272,7 +303,7 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
     ptx::wgmma_commit();
     ptx::wgmma_wait<1>();  // dV and dQ done; dK runs on under the dQ add
     ptx::fence_operand(acc_dq);
-    stage_dq<Traits>(s.dq(cwg), acc_dq, warp * 16 + lane / 4, t);
+    dq_stage.store<Traits>(s.dq(cwg), acc_dq);
     ptx::fence_proxy_async_shared();
     ptx::named_bar_sync(kBarDq0 + cwg, 128);
     if (elected) {
@@ -320,7 +351,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const int kv_head = head_split / p.splits, split = head_split % p.splits;
   const int kv_tile = p.deterministic ? p.num_kv_tiles - 1 - tile_index : tile_index;
   const int b = blockIdx.z;
-  const int wg = threadIdx.x / 128;
+  // Warp-uniform as far as the compiler knows (a shuffle of lane 0's value): the consumers'
+  // wgmma descriptors and shared addresses derived from it then live in uniform registers,
+  // where threadIdx.x / 128 made them per-thread values moved to uniform ones (R2UR) before
+  // every wgmma, every step.
+  const int wg = __shfl_sync(~0u, static_cast<int>(threadIdx.x / 128), 0);
   if (wg == 0) {
     ptx::setmaxnreg_dec<Traits::kProducerRegs>();
     if (threadIdx.x == 0) ProducerBwd<Traits>::run(p, &map_q, &map_k, &map_v, &map_do, s, kv_head, split, kv_tile, b);
