@@ -28,6 +28,11 @@ __device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bul
 
 // The bulk copies of this thread have finished reading shared memory (their source may be reused).
 __device__ __forceinline__ void bulk_wait_read_all() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// ... all but the kPending most recently committed groups.
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
 
 // The bulk copies of this thread are complete (their writes performed).
 __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }

@@ -2,8 +2,9 @@
 // One CTA per (kv head x split of its GQA group, kv tile of 128 keys, batch), in the order
 // launch_bwd.cuh gives: K and V stay in shared memory, fp32 dK and dV in the consumers' registers
 // while the producer (mainloop_bwd.cuh) streams the q steps of the CTA's walk (common/q_walk.cuh).
-// Warpgroup 0 is the producer (setmaxnreg down; one thread), warpgroups 1 and 2 the consumers
-// (setmaxnreg up), each owning 64 keys. Per step and consumer warpgroup:
+// Warpgroup 0 is the producer (setmaxnreg down; one load thread in warp 0, the dQ writer in
+// warp 1), warpgroups 1 and 2 the consumers (setmaxnreg up), each owning 64 keys. Per step and
+// consumer warpgroup:
 //   S^T = K Q^T, dP^T = V dO^T                        (SS wgmma, both issued; wait for S^T)
 //   P^T = exp2(mod(S^T) - LSE2) on visible scores     (under dP^T; common/score_mod.cuh; bitmap
 //                                                     rows and sequence bounds decide visibility,
@@ -12,9 +13,9 @@
 //   dV += P^T dO                                      (RS wgmma, P^T from registers)
 //   dS^T -> shared memory; barrier of both consumer warpgroups (dQ needs all 128 keys)
 //   dQ = dS K (its D / 2 columns; SS wgmma), dK += dS^T Q (RS wgmma)
-//   wait dQ: stage it, the copy engine adds it into the fp32 workspace (bulk reduce-add);
-//   wait dK, dV: release the stage
-// Deterministic mode: dQ adds take turns per q tile (DqTurns below).
+//   wait dQ: stage it for the writer warp, which has the copy engine add it into the fp32
+//   workspace (bulk reduce-add; dq_writer_bwd.cuh); wait dK, dV: release the stage
+// Deterministic mode: dQ adds take turns per q tile (the writer's DqTurns).
 // The dS^T tile is double-buffered: a warpgroup writes buffer j % 2 at step j only after the
 // barrier of step j - 1, which the other warpgroup passes after its dQ of step j - 2 finished.
 // The launcher is launch_bwd.cuh; bwd/ holds the passes before and after (shared with sm80).
@@ -35,6 +36,7 @@
 #include "cuda/ptx/math.cuh"
 #include "cuda/ptx/opaque.cuh"
 #include "cuda/ptx/wgmma.cuh"
+#include "cuda/sm90/dq_writer_bwd.cuh"
 #include "cuda/sm90/epilogue_bwd.cuh"
 #include "cuda/sm90/kernel_traits_bwd.cuh"
 #include "cuda/sm90/mainloop_bwd.cuh"
@@ -44,10 +46,9 @@
 
 namespace flashflex::sm90 {
 
-// Named barriers (id 0 is __syncthreads): both consumer warpgroups' dS^T stored; one
-// warpgroup's dQ staged.
+// Named barrier (id 0 is __syncthreads; dq_writer_bwd.cuh has ids 2-5): both consumer
+// warpgroups' dS^T stored.
 constexpr int kBarDs = 1;
-constexpr int kBarDq0 = 2;  // + consumer warpgroup
 
 // P^T and dS^T of one step, in place: acc_s (S^T, raw q.k) becomes P^T, acc_dp (dP^T) becomes
 // dS^T (times the score mod's derivative). Thread layout (ptx/wgmma.cuh): element 4j + 2h + c is
@@ -170,7 +171,7 @@ struct DsStore {
   template <int kKSteps>
   __device__ void store(uint32_t tile, const uint32_t (&ds)[kKSteps][4]) const {
     static_assert(kKSteps <= 4, "a 64-row step: chunks 2 kk + 1 < 8");
-    const uint32_t off = ptx::opaque(lane_off);
+    const uint32_t off = lane_off;
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) ptx::stmatrix_x4(tile + (off ^ (kk << 5)), ds[kk]);
   }
@@ -209,32 +210,6 @@ struct DqStage {
   }
 };
 
-// Deterministic mode: the CTAs that add into one (batch, head, q tile) of dQ take turns in
-// descending kv order (rank from the producer's StepSlot), so every element's fp32 sum has one
-// order. Each consumer warpgroup adds its own dQ columns and publishes them itself (the copy
-// engine's bulk groups belong to the issuing thread): the semaphore counts warpgroups and rank r
-// waits for 2 r. A warpgroup publishes one step late, just before its next adds (or at the end),
-// when the copy engine has long performed the adds: bulk_wait_all then costs nothing, where
-// publishing at once stalled the warpgroup for the adds' round trip. The turns stay a wavefront:
-// a CTA holds back only q tiles that CTAs of lower kv tiles wait for.
-struct DqTurns {
-  int pending = -1;  // the semaphore (index) of the q tile added into and not yet published
-
-  __device__ void publish(int32_t* sems) {
-    if (pending < 0) return;
-    ptx::bulk_wait_all();  // this warpgroup's adds are performed
-    asm volatile("fence.proxy.async.global;\n" ::: "memory");
-    __threadfence();
-    atomicAdd(sems + pending, 1);
-    pending = -1;
-  }
-  __device__ static void wait(const int32_t* sem, int rank) {
-    while (ptx::ld_acquire_gpu(sem) < 2 * rank) {
-    }
-    asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the acquire, before the copy engine's adds
-  }
-};
-
 template <class Traits, ScoreModKind kMod>
 __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s, int cwg, int kv_head, int split,
                              int kv_tile, int b) {
@@ -246,7 +221,6 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
   const int key0 = wg_row0 + warp * 16 + lane / 4;  // this thread's keys: key0, key0 + 8 (in the tile)
   const int n0 = kv_tile * Traits::kBlockN;
   const int dq_col0 = cwg * Traits::kDqCols;
-  const bool elected = tid == 0;  // issues this warpgroup's dQ adds
   const DsStore ds_store(wg_row0 + warp * 16, lane);
   const DqStage dq_stage(warp * 16 + lane / 4, t);
 
@@ -257,7 +231,6 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
   ptx::mbar_wait(s.kv_full(), 0);
   PipeState<Traits::kStages> st;
   int ds_buf = 0;
-  DqTurns turns;
   for (;;) {
     ptx::mbar_wait(s.full(st.stage), st.phase);
     const StepSlot* slot = s.slot(st.stage);
@@ -293,7 +266,6 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
 
     ds_store.store(s.ds(ds_buf), ds_frag);
     ptx::fence_proxy_async_shared();  // the stores, before the wgmma reads of the other warpgroup
-    if (elected) ptx::bulk_wait_read_all();  // the previous step's dQ add has read the staging tile
     ptx::named_bar_sync(kBarDs, Traits::kConsumerThreads);
 
     float acc_dq[Traits::kDqCols / 2];
@@ -303,33 +275,16 @@ __device__ void consumer_bwd(const cuda::BwdParams& p, const SmemBwd<Traits>& s,
     ptx::wgmma_commit();
     ptx::wgmma_wait<1>();  // dV and dQ done; dK runs on under the dQ add
     ptx::fence_operand(acc_dq);
+    ptx::named_bar_sync(kBarDqEmpty + cwg, kDqBarThreads);  // the writer has read the last tile
     dq_stage.store<Traits>(s.dq(cwg), acc_dq);
     ptx::fence_proxy_async_shared();
-    ptx::named_bar_sync(kBarDq0 + cwg, 128);
-    if (elected) {
-      if (p.deterministic) {
-        const int sem = (b * p.q_heads + hq) * p.num_q_tiles + slot->q_tile;  // < 2^31: bwd_unsupported
-        turns.publish(p.dq_semaphore);
-        DqTurns::wait(p.dq_semaphore + sem, slot->dq_rank);
-        if (slot->ends_q_tile) turns.pending = sem;
-      }
-#pragma unroll
-      for (int c = 0; c < Traits::kDqBoxes; ++c) {
-        ptx::bulk_tensor_reduce_add_2d(&p.dq_map, s.dq(cwg) + c * Traits::kDqBoxBytes, dq_col0 + 32 * c,
-                                       slot->ws_row);
-      }
-      ptx::bulk_commit_group();
-    }
+    ptx::named_bar_arrive(kBarDqFull + cwg, kDqBarThreads);  // dq_writer_bwd.cuh adds it
     ptx::wgmma_wait<0>();
     ptx::fence_operand(acc_dk);
     ptx::fence_operand(acc_dv);
     ptx::mbar_arrive(s.empty(st.stage));
     st.advance();
     ds_buf ^= 1;
-  }
-  if (elected) {
-    turns.publish(p.dq_semaphore);
-    ptx::bulk_wait_all();  // shared memory outlives the last dQ adds
   }
   EpilogueBwd<Traits>::store(p, acc_dk, acc_dv, b, kv_head, split, n0 + key0, t);
 }
@@ -358,7 +313,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const int wg = __shfl_sync(~0u, static_cast<int>(threadIdx.x / 128), 0);
   if (wg == 0) {
     ptx::setmaxnreg_dec<Traits::kProducerRegs>();
-    if (threadIdx.x == 0) ProducerBwd<Traits>::run(p, &map_q, &map_k, &map_v, &map_do, s, kv_head, split, kv_tile, b);
+    // Warp-uniform too: the load thread's walk then stays in uniform registers beside the
+    // writer warp's branch (with threadIdx.x tests it moved to per-thread ones and spilled).
+    const int warp = __shfl_sync(~0u, static_cast<int>(threadIdx.x / 32), 0);
+    if (warp == 0) {
+      if (threadIdx.x == 0) ProducerBwd<Traits>::run(p, &map_q, &map_k, &map_v, &map_do, s, kv_head, split, kv_tile, b);
+    } else if (warp == 1) {
+      DqWriterBwd<Traits>::run(p, s, b, threadIdx.x % 32);
+    }
   } else {
     ptx::setmaxnreg_inc<Traits::kConsumerRegs>();
     consumer_bwd<Traits, kMod>(p, s, wg - 1, kv_head, split, kv_tile, b);

@@ -4,7 +4,8 @@
 //   full[s]       1 + the stage's bytes: Q, dO, LSE2, dpsum and, for a partial step, its bitmap
 //                 rows; the producer writes the step's description (StepSlot; step.valid = 0:
 //                 the walk is over, no bytes) before its arrival, which publishes it
-//   empty[s]      every consumer thread, after the step's last product   producer waits
+//   empty[s]      every consumer thread, after the step's last product, and the dQ writer
+//                 (dq_writer_bwd.cuh) once it has read the description   producer waits
 // Stages are walked with PipeState (pipe_state.cuh).
 #pragma once
 
@@ -62,7 +63,7 @@ struct SmemBwd {
     ptx::mbar_init(kv_full(), 1);
     for (int s = 0; s < Traits::kStages; ++s) {
       ptx::mbar_init(full(s), 1);
-      ptx::mbar_init(empty(s), Traits::kConsumerThreads);
+      ptx::mbar_init(empty(s), Traits::kConsumerThreads + 1);
     }
     ptx::fence_mbar_init();
   }
