@@ -76,6 +76,7 @@ struct DqWriterBwd {
         DqTurns::wait(p.dq_semaphore + sem, rank);
         if (ends_q_tile) turns.pending = sem;
       }
+      __syncwarp();  // bar.sync is warp-aligned: the lanes meet again after lane 0's turn
 #pragma unroll
       for (int cwg = 0; cwg < 2; ++cwg) {
         ptx::named_bar_sync(kBarDqFull + cwg, kDqBarThreads);
@@ -87,6 +88,7 @@ struct DqWriterBwd {
           }
           ptx::bulk_commit_group();
         }
+        __syncwarp();
       }
       // Warpgroup 0's tile is free once its group has been read, warpgroup 1's after that.
       if (lane == 0) ptx::bulk_wait_read<1>();
