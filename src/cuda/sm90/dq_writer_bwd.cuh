@@ -64,12 +64,21 @@ struct DqWriterBwd {
     DqTurns turns;
     for (;;) {
       ptx::mbar_wait(s.full(st.stage), st.phase);
-      const StepSlot* slot = s.slot(st.stage);
-      if (!slot->valid) break;
-      const int ws_row = slot->ws_row, rank = slot->dq_rank, ends_q_tile = slot->ends_q_tile;
-      const int sem = (b * p.q_heads + slot->hq) * p.num_q_tiles + slot->q_tile;  // < 2^31: bwd_unsupported
-      __syncwarp();
-      if (lane == 0) ptx::mbar_arrive(s.empty(st.stage));  // the description is read
+      // Lane 0 alone reads the description (the only reader, so its arrival on the empty
+      // barrier orders every read before the producer's next write), the others learn `valid`.
+      int valid = 0, ws_row = 0, rank = 0, ends_q_tile = 0, sem = 0;
+      if (lane == 0) {
+        const StepSlot* slot = s.slot(st.stage);
+        valid = slot->valid;
+        if (valid) {
+          ws_row = slot->ws_row;
+          rank = slot->dq_rank;
+          ends_q_tile = slot->ends_q_tile;
+          sem = (b * p.q_heads + slot->hq) * p.num_q_tiles + slot->q_tile;  // < 2^31: bwd_unsupported
+          ptx::mbar_arrive(s.empty(st.stage));
+        }
+      }
+      if (!__shfl_sync(~0u, valid, 0)) break;
       st.advance();
       if (lane == 0 && p.deterministic) {
         turns.publish(p.dq_semaphore);
