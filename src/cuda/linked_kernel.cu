@@ -56,7 +56,6 @@ Arch linked_kernel_arch(const void* kernel, KernelPass pass, DType dtype, int he
     kind = it->second;
   }
   const auto pass_name = [](KernelPass p) { return p == KernelPass::kForward ? "the forward" : "the backward"; };
-  const char* family = kind.family == Backend::kSm90 ? "sm90" : "sm80";
   if (kind.pass != pass || kind.dtype != dtype || kind.head_dim != head_dim) {
     throw Error(ErrorKind::kInvalidArgument,
                 flashflex::detail::concat("score_mod.linked_kernel: loaded for ", pass_name(kind.pass), ", ",
@@ -69,8 +68,8 @@ Arch linked_kernel_arch(const void* kernel, KernelPass pass, DType dtype, int he
                 "9.x) and backend AUTO or SM90; link it from the sm80 kernels for this call");
   }
   if (kind.family == Backend::kSm80 && backend == Backend::kSm90) {
-    throw Error(ErrorKind::kUnsupported, flashflex::detail::concat("score_mod.linked_kernel: linked from the ", family,
-                                                                   " kernels; this call asks for backend SM90"));
+    throw Error(ErrorKind::kUnsupported,
+                "score_mod.linked_kernel: linked from the sm80 kernels; this call asks for backend SM90");
   }
   return kind.family == Backend::kSm90 ? Arch::kSm90 : Arch::kSm80;
 }

@@ -29,7 +29,6 @@
 #include "cuda/common/gather_grads.cuh"
 #include "cuda/common/score_mod.cuh"
 #include "cuda/params.hpp"
-#include "cuda/ptx/atomics_bwd.cuh"
 #include "cuda/ptx/barrier.cuh"
 #include "cuda/ptx/bulk_reduce.cuh"
 #include "cuda/ptx/ldmatrix.cuh"
@@ -171,9 +170,8 @@ struct DsStore {
   template <int kKSteps>
   __device__ void store(uint32_t tile, const uint32_t (&ds)[kKSteps][4]) const {
     static_assert(kKSteps <= 4, "a 64-row step: chunks 2 kk + 1 < 8");
-    const uint32_t off = lane_off;
 #pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) ptx::stmatrix_x4(tile + (off ^ (kk << 5)), ds[kk]);
+    for (int kk = 0; kk < kKSteps; ++kk) ptx::stmatrix_x4(tile + (lane_off ^ (kk << 5)), ds[kk]);
   }
 };
 
